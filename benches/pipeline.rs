@@ -1,0 +1,125 @@
+//! End-to-end pipeline benchmark (harness = false). Generates the workload with freshet's
+//! own corpus generator — by default 100k documents of 3–6 paragraphs, then 100k
+//! one-paragraph edits, 10k metadata flips and 5k deletes — runs `freshet run --until-end`
+//! in-process with the `hash` embedder into the embedded engine, and reports events/s per
+//! phase, peak resident memory, and the per-document state's memory per indexed chunk
+//! (measured with a counting allocator around the state alone).
+//!
+//! `cargo bench --profile dev --bench pipeline -- [--docs N] [--edits N] [--flips N] [--deletes N] [--workers W]`
+
+// The counting allocator below is the only unsafe code in the repository (bench only).
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use freshet::config::{DataflowSpec, EmbedderKind, RuntimeConfig};
+use freshet::dataflow::operators::doc_state::process_time;
+use freshet::dataflow::state::DocShape;
+use freshet::dataflow::Routed;
+use freshet::runtime::{run, RunOptions};
+use freshet::source::decode::DecodeSpec;
+use freshet::workload::{write_files, Plan};
+
+struct Counting;
+static LIVE: AtomicI64 = AtomicI64::new(0);
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as i64, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as i64, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        LIVE.fetch_add(n as i64 - l.size() as i64, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+#[global_allocator]
+static A: Counting = Counting;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn status_kb(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return; // `cargo test --benches` smoke: nothing to list
+    }
+    let plan = Plan {
+        docs: arg("--docs", 100_000),
+        edits: arg("--edits", 100_000),
+        flips: arg("--flips", 10_000),
+        deletes: arg("--deletes", 5_000),
+        seed: 11,
+    };
+    let workers = arg("--workers", 2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snap = dir.path().join("snapshot.jsonl");
+    let changes = dir.path().join("changes.jsonl");
+    let t = Instant::now();
+    write_files(&snap, Some(&changes), &plan).expect("workload");
+    eprintln!("workload generated in {:.1}s", t.elapsed().as_secs_f64());
+
+    let mut spec = DataflowSpec::load(std::path::Path::new("dataflows/articles.toml")).expect("dataflow");
+    spec.embedder.kind = EmbedderKind::Hash;
+    spec.embedder.dimension = 384;
+
+    // 1. State memory per indexed chunk (the per-document state alone).
+    let shape = DocShape::new(&spec);
+    let decode = DecodeSpec { id_fields: spec.document.id.clone(), version_field: spec.document.version.clone(), table: None, max_record_bytes: 1 << 22 };
+    let lines = std::fs::read(&snap).expect("read");
+    let mut routed = Vec::new();
+    for (i, l) in lines.split(|b| *b == b'\n').enumerate() {
+        if !l.is_empty() {
+            freshet::source::file::ingest_line(l, i as u64 + 1, None, &decode, 1, &mut routed);
+        }
+    }
+    let routed: Vec<Routed> = routed;
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut docs = BTreeMap::new();
+    let mut trunc = None;
+    let out = process_time(&shape, &mut docs, &mut trunc, routed);
+    drop(out);
+    let state_bytes = LIVE.load(Ordering::Relaxed) - before;
+    let chunks: usize = docs.values().map(|s| s.chunks.len()).sum();
+    println!(
+        "state: {} documents, {} chunks, {} bytes of state = {:.1} bytes per indexed chunk",
+        docs.len(), chunks, state_bytes, state_bytes as f64 / chunks.max(1) as f64
+    );
+    drop(docs);
+
+    // 2. End to end.
+    let config = RuntimeConfig {
+        workers,
+        data_dir: dir.path().join("data"),
+        ..RuntimeConfig::default()
+    };
+    for (phase, input) in [("snapshot", &snap), ("changes", &changes)] {
+        let mut s = spec.clone();
+        s.source.path = Some(input.clone());
+        let t = Instant::now();
+        let totals = run(RunOptions { dataflow: s, config: config.clone(), until_end: true }, Arc::new(AtomicBool::new(false)))
+            .expect("run");
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "{phase}: {} events in {:.1}s = {:.0} events/s ({} workers); chunks embedded {}, points upserted {}, payload updates {}, deleted {}",
+            totals.received, secs, totals.received as f64 / secs, workers, totals.chunks_embedded,
+            totals.points_upserted, totals.points_payload_updated, totals.points_deleted
+        );
+    }
+    println!("peak resident memory: {} MiB (VmHWM)", status_kb("VmHWM:") / 1024);
+}

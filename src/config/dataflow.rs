@@ -1,0 +1,363 @@
+//! The dataflow file (`dataflows/*.toml`): what a pipeline computes.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{read_toml, ConfigError};
+
+/// A pipeline definition.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataflowSpec {
+    /// Pipeline name (used in logs and metrics).
+    pub name: String,
+    /// Where change events come from.
+    pub source: SourceSpec,
+    /// How a source row becomes a document.
+    pub document: DocumentSpec,
+    /// How a document's text is cut into chunks.
+    #[serde(default)]
+    pub chunker: ChunkerSpec,
+    /// Which model embeds the chunks.
+    pub embedder: EmbedderSpec,
+    /// Where the vectors go.
+    pub sink: SinkSpec,
+}
+
+/// Source of change events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// `file` (JSON lines). Kafka and Postgres sources are configured here too later.
+    pub kind: SourceKind,
+    /// For `file`: path of the JSON-lines file (one record value per line).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Record format.
+    #[serde(default)]
+    pub format: SourceFormat,
+    /// Table whose events are decoded (`schema.table` or `table`); events of other tables
+    /// are counted and skipped. Omit to accept every table.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// For `file`: when set, each line is `key<separator>value` (kafka-console-consumer
+    /// with `print.key=true` uses a tab).
+    #[serde(default)]
+    pub key_separator: Option<String>,
+}
+
+/// Kinds of source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// A JSON-lines file of events.
+    File,
+}
+
+/// Record formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceFormat {
+    /// Debezium's envelope rendered by the JsonConverter (with or without `schema`).
+    #[default]
+    DebeziumJson,
+}
+
+/// How a row becomes a document.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentSpec {
+    /// Column(s) forming the document id (composite ids are joined with `/`).
+    pub id: Vec<String>,
+    /// Envelope path of the version (`source.lsn`); events without it use their source
+    /// position. Omit to always use the source position.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Text to embed, with `{column}` placeholders (`{{` and `}}` for literal braces).
+    pub text: String,
+    /// Columns copied into every point's payload.
+    #[serde(default)]
+    pub metadata: Vec<String>,
+}
+
+/// Chunker settings (text-splitter, markdown-aware).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkerSpec {
+    /// Largest chunk, in characters.
+    #[serde(default = "default_max_chars")]
+    pub max_chars: usize,
+    /// Characters repeated between consecutive chunks of one long paragraph.
+    #[serde(default)]
+    pub overlap_chars: usize,
+}
+
+fn default_max_chars() -> usize {
+    1000
+}
+
+impl Default for ChunkerSpec {
+    fn default() -> Self {
+        Self { max_chars: default_max_chars(), overlap_chars: 0 }
+    }
+}
+
+/// Embedder settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedderSpec {
+    /// `local-minilm` or `hash` (tests and benchmarks only).
+    pub kind: EmbedderKind,
+    /// For `local-minilm`: directory with model.safetensors, tokenizer.json, config.json.
+    #[serde(default)]
+    pub model_dir: Option<PathBuf>,
+    /// For `hash`: vector dimension.
+    #[serde(default = "default_hash_dimension")]
+    pub dimension: usize,
+    /// Texts are truncated to this many tokens by the model.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+    /// Most texts in one embedding batch.
+    #[serde(default = "default_batch_texts")]
+    pub max_batch_texts: usize,
+    /// Most tokens in one embedding batch.
+    #[serde(default = "default_batch_tokens")]
+    pub max_batch_tokens: usize,
+    /// Longest a text waits for its batch to fill, in milliseconds.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Embedding batches running at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_hash_dimension() -> usize {
+    384
+}
+fn default_max_tokens() -> usize {
+    256
+}
+fn default_batch_texts() -> usize {
+    64
+}
+fn default_batch_tokens() -> usize {
+    8192
+}
+fn default_max_wait_ms() -> u64 {
+    20
+}
+fn default_concurrency() -> usize {
+    1
+}
+
+/// Embedder kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmbedderKind {
+    /// all-MiniLM-L6-v2 on the CPU (candle).
+    LocalMinilm,
+    /// Deterministic pseudo-vectors from the content hash: tests and benchmarks only.
+    Hash,
+}
+
+impl std::str::FromStr for EmbedderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "local-minilm" => Ok(Self::LocalMinilm),
+            "hash" => Ok(Self::Hash),
+            other => Err(format!("unknown embedder `{other}` (expected local-minilm or hash)")),
+        }
+    }
+}
+
+/// Sink settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// `embedded` (the Qdrant engine in-process, under the data directory).
+    #[serde(default = "default_sink_kind")]
+    pub kind: String,
+    /// Collection name.
+    pub collection: String,
+}
+
+fn default_sink_kind() -> String {
+    "embedded".to_string()
+}
+
+/// A parsed text template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextTemplate {
+    /// Literal text and field references, in order.
+    pub parts: Vec<TemplatePart>,
+}
+
+/// A piece of a [`TextTemplate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    /// Literal text.
+    Literal(String),
+    /// The value of a column.
+    Field(String),
+}
+
+impl TextTemplate {
+    /// Parse `"{title}\n\n{body}"`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => return Err(format!("unclosed `{{` in text template {s:?}")),
+                        }
+                    }
+                    let name = name.trim().to_string();
+                    if name.is_empty() {
+                        return Err(format!("empty `{{}}` in text template {s:?}"));
+                    }
+                    if !lit.is_empty() {
+                        parts.push(TemplatePart::Literal(std::mem::take(&mut lit)));
+                    }
+                    parts.push(TemplatePart::Field(name));
+                }
+                '}' => return Err(format!("unmatched `}}` in text template {s:?}")),
+                c => lit.push(c),
+            }
+        }
+        if !lit.is_empty() {
+            parts.push(TemplatePart::Literal(lit));
+        }
+        if !parts.iter().any(|p| matches!(p, TemplatePart::Field(_))) {
+            return Err(format!("text template {s:?} names no column"));
+        }
+        Ok(Self { parts })
+    }
+
+    /// The columns the template reads, in order of first use.
+    pub fn fields(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for p in &self.parts {
+            if let TemplatePart::Field(f) = p {
+                if !out.contains(f) {
+                    out.push(f.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl DataflowSpec {
+    /// Read and validate a dataflow file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let spec: Self = read_toml(path)?;
+        spec.validate(path)
+    }
+
+    /// Check consistency.
+    pub fn validate(self, path: &Path) -> Result<Self, ConfigError> {
+        let bad = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
+        if self.document.id.is_empty() {
+            return Err(bad("`document.id` must name at least one column".into()));
+        }
+        TextTemplate::parse(&self.document.text).map_err(|m| bad(format!("`document.text`: {m}")))?;
+        if self.chunker.max_chars < 16 {
+            return Err(bad("`chunker.max_chars` must be at least 16".into()));
+        }
+        if self.chunker.overlap_chars >= self.chunker.max_chars {
+            return Err(bad("`chunker.overlap_chars` must be below `chunker.max_chars`".into()));
+        }
+        if self.sink.kind != "embedded" {
+            return Err(bad(format!("`sink.kind` = {:?}: only \"embedded\" is available", self.sink.kind)));
+        }
+        if self.sink.collection.is_empty()
+            || !self.sink.collection.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(bad("`sink.collection` must be non-empty [A-Za-z0-9_-]".into()));
+        }
+        let e = &self.embedder;
+        if e.max_batch_texts == 0 || e.max_batch_tokens == 0 || e.concurrency == 0 {
+            return Err(bad("`embedder.max_batch_texts`, `max_batch_tokens`, `concurrency` must be positive".into()));
+        }
+        if e.dimension == 0 || e.dimension > 65_536 {
+            return Err(bad("`embedder.dimension` must be between 1 and 65536".into()));
+        }
+        if self.source.kind == SourceKind::File && self.source.path.is_none() {
+            return Err(bad("`source.path` is required for a file source".into()));
+        }
+        Ok(self)
+    }
+
+    /// A small valid spec (hash embedder, `title`/`body` text, `lang`/`status` metadata)
+    /// for examples and tests.
+    pub fn example_for_tests() -> Self {
+        let text = r#"
+            name = "example"
+            [source]
+            kind = "file"
+            path = "events.jsonl"
+            [document]
+            id = ["article_id"]
+            version = "source.lsn"
+            text = "{title}\n\n{body}"
+            metadata = ["lang", "status"]
+            [chunker]
+            max_chars = 200
+            [embedder]
+            kind = "hash"
+            dimension = 8
+            [sink]
+            collection = "example"
+        "#;
+        // The literal above is valid; a failure here is a bug in this function.
+        toml::from_str(text).unwrap_or_else(|e| panic!("example spec: {e}"))
+    }
+
+    /// The parsed text template (validated at load).
+    pub fn template(&self) -> TextTemplate {
+        TextTemplate::parse(&self.document.text).unwrap_or(TextTemplate { parts: Vec::new() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_toml;
+
+    #[test]
+    fn template_parses_fields_and_literals() {
+        let t = TextTemplate::parse("{title}\n\n{body} {{x}}").expect("parse");
+        assert_eq!(t.fields(), vec!["title".to_string(), "body".to_string()]);
+        assert_eq!(t.parts.last(), Some(&TemplatePart::Literal(" {x}".into())));
+        assert!(TextTemplate::parse("{title").is_err());
+        assert!(TextTemplate::parse("no fields").is_err());
+    }
+
+    #[test]
+    fn articles_dataflow_loads_and_unknown_keys_are_named() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/articles.toml");
+        let spec = DataflowSpec::load(&path).expect("articles.toml");
+        assert_eq!(spec.document.id, vec!["article_id".to_string()]);
+        let text = std::fs::read_to_string(&path).expect("read");
+        let broken = text.replace("[chunker]", "[chunker]\nmax_charz = 3");
+        let err = parse_toml::<DataflowSpec>(&path, &broken).expect_err("unknown key");
+        assert!(err.to_string().contains("max_charz"), "{err}");
+    }
+}

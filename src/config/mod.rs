@@ -1,0 +1,62 @@
+//! Configuration. Two kinds (see DESIGN.md): a *dataflow* file (`dataflows/*.toml`) says
+//! what a pipeline computes; a *runtime config* (`config/*.toml`) says where it runs.
+//! The serde structs below are the reference documentation of every key; unknown keys are
+//! errors naming the key. `validate()` turns the raw structs into checked ones.
+
+mod dataflow;
+mod runtime;
+
+pub use dataflow::{
+    ChunkerSpec, DataflowSpec, DocumentSpec, EmbedderKind, EmbedderSpec, SinkSpec, SourceFormat,
+    SourceKind, SourceSpec, TextTemplate, TemplatePart,
+};
+pub use runtime::RuntimeConfig;
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// A configuration file could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown/mistyped keys (the message names the key).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// The values are inconsistent.
+    #[error("{path}: invalid configuration: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse_toml(path, &text)
+}
+
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().replace('\n', " "),
+    })
+}

@@ -1,0 +1,227 @@
+//! The `freshet` command line: load config → telemetry → run.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use freshet::config::{DataflowSpec, EmbedderKind, RuntimeConfig};
+use freshet::runtime::{self, RunOptions};
+use freshet::sink::VectorSink;
+use freshet::telemetry::{self, metrics::summary_json};
+
+#[derive(Parser)]
+#[command(name = "freshet", version, about = "Keeps a vector index exactly in sync with a changing source of truth")]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Pipeline definition (dataflows/*.toml).
+    #[arg(long)]
+    dataflow: PathBuf,
+    /// Runtime config (config/*.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// Override the data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Override the embedder kind (`local-minilm`, or `hash` for tests and benchmarks).
+    #[arg(long)]
+    embedder: Option<EmbedderKind>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Override the file source's path.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Exit once everything in the input is indexed and acknowledged; print the
+        /// counters as one JSON object on the last line of stdout.
+        #[arg(long)]
+        until_end: bool,
+        /// Override the number of worker threads.
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Write every point as one JSON object per line, sorted by id.
+    Export {
+        #[command(flatten)]
+        common: Common,
+        /// Include vectors.
+        #[arg(long)]
+        with_vectors: bool,
+    },
+    /// Search the collection with the pipeline's embedder.
+    Search {
+        #[command(flatten)]
+        common: Common,
+        /// Query text.
+        query: String,
+        /// Number of hits.
+        #[arg(short, default_value_t = 5)]
+        k: usize,
+        /// Payload filter `field=value` (repeatable; the value is JSON if it parses, else a string).
+        #[arg(long)]
+        filter: Vec<String>,
+    },
+    /// Generate the sample corpus as Debezium events (snapshot, then edits, metadata flips
+    /// and deletes) for the main job and benchmarks.
+    Generate {
+        /// Output file (JSON lines).
+        #[arg(long)]
+        out: PathBuf,
+        /// Documents in the snapshot.
+        #[arg(long, default_value_t = 1000)]
+        docs: usize,
+        /// One-paragraph edits after the snapshot.
+        #[arg(long, default_value_t = 0)]
+        edits: usize,
+        /// Metadata-only changes after the snapshot.
+        #[arg(long, default_value_t = 0)]
+        flips: usize,
+        /// Deletes after the snapshot.
+        #[arg(long, default_value_t = 0)]
+        deletes: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Write the changes after the snapshot to this file instead of `--out`.
+        #[arg(long)]
+        changes_out: Option<PathBuf>,
+    },
+}
+
+fn load(common: &Common) -> Result<(DataflowSpec, RuntimeConfig)> {
+    let spec = DataflowSpec::load(&common.dataflow)?;
+    let mut config = RuntimeConfig::load(&common.config)?;
+    if let Some(d) = &common.data_dir {
+        config.data_dir = d.clone();
+    }
+    Ok((runtime::with_embedder(spec, common.embedder), config))
+}
+
+fn main() -> Result<()> {
+    match real_main() {
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => Ok(()),
+        Err(e) if e.downcast_ref::<serde_json::Error>().is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe)) => Ok(()),
+        other => other,
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_tracing(cli.log_json);
+    match cli.command {
+        Command::Run { common, input, until_end, workers } => {
+            let (mut spec, mut config) = load(&common)?;
+            if let Some(i) = input {
+                spec.source.path = Some(i);
+            }
+            if let Some(w) = workers {
+                config.workers = w.max(1);
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            {
+                let stop = Arc::clone(&stop);
+                ctrlc_handler(move || stop.store(true, Ordering::Relaxed));
+            }
+            let totals = runtime::run(RunOptions { dataflow: spec, config, until_end }, stop)?;
+            println!("{}", summary_json(&totals));
+            Ok(())
+        }
+        Command::Export { common, with_vectors } => {
+            let (spec, config) = load(&common)?;
+            let sink = open_existing(&spec, &config)?;
+            let mut points = Vec::new();
+            sink.scroll(with_vectors, 1024, &mut |page| points.extend(page))?;
+            points.sort_by_key(|p| p.id.to_string());
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for p in points {
+                let mut o = serde_json::Map::new();
+                o.insert("id".into(), p.id.to_string().into());
+                o.insert("payload".into(), serde_json::Value::Object(sort_keys(p.payload)));
+                if let Some(v) = p.vector {
+                    o.insert("vector".into(), v.into());
+                }
+                serde_json::to_writer(&mut out, &o)?;
+                std::io::Write::write_all(&mut out, b"\n")?;
+            }
+            Ok(())
+        }
+        Command::Search { common, query, k, filter } => {
+            let (spec, config) = load(&common)?;
+            let embedder = runtime::open_embedder(&spec.embedder)?;
+            let sink = open_existing(&spec, &config)?;
+            let vector = embedder.embed(&[query.as_str()])?.pop().context("the embedder returned no vector")?;
+            let mut conditions = Vec::new();
+            for f in filter {
+                let Some((key, value)) = f.split_once('=') else { bail!("--filter expects field=value, got {f:?}") };
+                let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+                conditions.push((key.to_string(), value));
+            }
+            for hit in sink.search(vector, k, &conditions)? {
+                let text: String = hit.payload.get("text").and_then(|t| t.as_str()).unwrap_or("").chars().take(160).collect();
+                let line = serde_json::json!({
+                    "score": hit.score,
+                    "doc_id": hit.payload.get("doc_id"),
+                    "chunk_index": hit.payload.get("chunk_index"),
+                    "title": hit.payload.get("title"),
+                    "text": text,
+                });
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Generate { out, docs, edits, flips, deletes, seed, changes_out } => {
+            let plan = freshet::workload::Plan { docs, edits, flips, deletes, seed };
+            let n = freshet::workload::write_files(&out, changes_out.as_deref(), &plan)?;
+            eprintln!("wrote {n} events to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn open_existing(spec: &DataflowSpec, config: &RuntimeConfig) -> Result<Arc<dyn VectorSink>> {
+    let dir = freshet::sink::embedded::collection_dir(&config.data_dir, &spec.sink.collection);
+    if !dir.exists() {
+        bail!("no collection `{}` under {} (run the pipeline first)", spec.sink.collection, config.data_dir.display());
+    }
+    let embedder = runtime::open_embedder(&spec.embedder)?;
+    Ok(runtime::open_sink(&config.data_dir, spec, embedder.dimension())?)
+}
+
+fn sort_keys(m: serde_json::Map<String, serde_json::Value>) -> serde_json::Map<String, serde_json::Value> {
+    let mut v: Vec<_> = m.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v.into_iter().collect()
+}
+
+/// Ask the pipeline to stop on SIGINT/SIGTERM (the source stops, in-flight work drains).
+fn ctrlc_handler(f: impl Fn() + Send + 'static) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        f();
+    });
+}

@@ -1,0 +1,135 @@
+//! Restart reads the index: per-document state is rebuilt from the collection's payloads
+//! (`doc_id`, `chunk_index`, `content_hash`, `source_version`, metadata, text field hashes)
+//! and the tombstone log, then partitioned to the workers that own each document.
+//! Points that cannot belong to a consistent document (beyond a gap in chunk indexes,
+//! missing keys) are returned as orphans to delete.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use super::store::Tombstones;
+use crate::dataflow::operators::doc_state::InitialState;
+use crate::dataflow::state::{DocShape, DocState};
+use crate::dataflow::worker_for;
+use crate::model::{keys, parse_field_hashes, route, value_hash, ContentHash, DocId};
+use crate::sink::{SinkError, VectorSink};
+
+/// The rebuilt state.
+#[derive(Debug, Default)]
+pub struct Bootstrap {
+    /// Per worker.
+    pub workers: Vec<InitialState>,
+    /// Points to delete before starting.
+    pub orphans: Vec<Uuid>,
+    /// Live documents found.
+    pub live_docs: usize,
+    /// Points read.
+    pub points: usize,
+}
+
+#[derive(Default)]
+struct Partial {
+    chunks: BTreeMap<u32, (ContentHash, Uuid)>,
+    version: Option<u64>,
+    meta: Option<Vec<u64>>,
+    text_fields: Option<Vec<u64>>,
+}
+
+/// Rebuild state for `peers` workers. Fails if the collection holds vectors of another model.
+pub fn rebuild(
+    sink: &dyn VectorSink,
+    shape: &DocShape,
+    model_id: &str,
+    tombstones: &Tombstones,
+    peers: usize,
+) -> Result<Bootstrap, SinkError> {
+    let mut docs: BTreeMap<DocId, Partial> = BTreeMap::new();
+    let mut orphans = Vec::new();
+    let mut points = 0usize;
+    let mut foreign_model: Option<String> = None;
+    sink.scroll(false, 1024, &mut |page| {
+        for p in page {
+            points += 1;
+            let pl = &p.payload;
+            if let Some(m) = pl.get(keys::MODEL_ID).and_then(|v| v.as_str()) {
+                if m != model_id && foreign_model.is_none() {
+                    foreign_model = Some(m.to_string());
+                }
+            }
+            let doc = pl.get(keys::DOC_ID).and_then(|v| v.as_str());
+            let idx = pl.get(keys::CHUNK_INDEX).and_then(|v| v.as_u64()).and_then(|i| u32::try_from(i).ok());
+            let hash = pl.get(keys::CONTENT_HASH).and_then(|v| v.as_str()).and_then(ContentHash::from_hex);
+            let version = pl.get(keys::SOURCE_VERSION).and_then(|v| v.as_u64());
+            let (Some(doc), Some(idx), Some(hash), Some(version)) = (doc, idx, hash, version) else {
+                orphans.push(p.id);
+                continue;
+            };
+            let e = docs.entry(DocId(doc.to_string())).or_default();
+            e.chunks.insert(idx, (hash, p.id));
+            // Points of one document disagree only after a torn write: keep the oldest
+            // version so that replaying the newer change repairs them.
+            e.version = Some(e.version.map_or(version, |v| v.min(version)));
+            let meta: Vec<u64> = shape
+                .meta_fields()
+                .iter()
+                .map(|f| value_hash(pl.get(f).unwrap_or(&serde_json::Value::Null)))
+                .collect();
+            match &e.meta {
+                None => e.meta = Some(meta),
+                Some(m) if *m != meta => e.meta = Some(Vec::new()),
+                _ => {}
+            }
+            if e.text_fields.is_none() {
+                e.text_fields = parse_field_hashes(pl.get(keys::TEXT_FIELD_HASHES));
+            }
+        }
+    })?;
+    if let Some(m) = foreign_model {
+        return Err(SinkError::Permanent(format!(
+            "the collection holds vectors of model `{m}`, the pipeline embeds with `{model_id}`; \
+             use a new collection (or reindex)"
+        )));
+    }
+    let mut workers: Vec<InitialState> = (0..peers.max(1)).map(|_| InitialState::default()).collect();
+    let mut live_docs = 0;
+    for (doc_id, p) in docs {
+        let version = p.version.unwrap_or(0);
+        if tombstones.docs.get(&doc_id).is_some_and(|t| *t > version) {
+            // Deleted after these points were written (the delete's ack was lost).
+            orphans.extend(p.chunks.values().map(|(_, id)| *id));
+            continue;
+        }
+        let mut chunks = Vec::with_capacity(p.chunks.len());
+        for (i, (idx, (hash, id))) in p.chunks.into_iter().enumerate() {
+            if idx as usize == i && chunks.len() == i {
+                chunks.push(hash);
+            } else {
+                orphans.push(id);
+            }
+        }
+        let state = DocState {
+            version,
+            payload_version: version,
+            live: true,
+            chunks,
+            text_fields: p.text_fields,
+            meta: p.meta.unwrap_or_default(),
+        };
+        live_docs += 1;
+        workers[worker_for(route(&doc_id), peers)].docs.insert(doc_id, state);
+    }
+    for (doc_id, v) in &tombstones.docs {
+        let w = &mut workers[worker_for(route(doc_id), peers)];
+        match w.docs.get(doc_id) {
+            Some(s) if s.version >= *v => {}
+            _ => {
+                w.docs.insert(doc_id.clone(), DocState::tombstone(*v));
+            }
+        }
+    }
+    for w in &mut workers {
+        w.truncated_at = tombstones.truncated_at;
+    }
+    Ok(Bootstrap { workers, orphans, live_docs, points })
+}

@@ -1,0 +1,267 @@
+//! The runtime: opens the embedder and the sink, rebuilds state from the collection, starts
+//! tokio (I/O, embedding, the metrics endpoint) and the timely workers, drives them until
+//! the input is done (or a stop is asked), and reports the counters.
+//!
+//! Timely workers never block: the writer and the embedder run on tokio, and wake the
+//! dataflow's write operator with a `SyncActivator` when the sink acknowledges a time.
+
+pub mod bootstrap;
+pub mod store;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::config::{DataflowSpec, EmbedderKind, EmbedderSpec, RuntimeConfig};
+use crate::dataflow::operators::doc_state::InitialState;
+use crate::dataflow::state::DocShape;
+use crate::dataflow::{Tally, Time};
+use crate::embed::batcher::{BatchOptions, EmbedService};
+use crate::embed::hash::HashEmbedder;
+use crate::embed::local::LocalMiniLm;
+use crate::embed::Embedder;
+use crate::model::collection_namespace;
+use crate::sink::embedded::EmbeddedSink;
+use crate::sink::{SinkOp, VectorSink};
+use crate::source::decode::DecodeSpec;
+use crate::source::file::{file_source, now_ms, FileSourceOptions, SourceProgress};
+use crate::telemetry::metrics::Metrics;
+use store::{DeadLetterLog, TombstoneLog};
+use writer::{RuntimeWriter, WriterShared};
+
+/// A pipeline could not run.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// The embedder could not be opened.
+    #[error("embedder: {0}")]
+    Embedder(#[from] crate::embed::EmbedError),
+    /// The sink could not be opened or read.
+    #[error("sink: {0}")]
+    Sink(#[from] crate::sink::SinkError),
+    /// A file under the data directory could not be used.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// Timely failed to start or a worker panicked.
+    #[error("dataflow: {0}")]
+    Dataflow(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let what = what.into();
+    move |source| RuntimeError::Io { what, source }
+}
+
+/// Options of `freshet run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The pipeline.
+    pub dataflow: DataflowSpec,
+    /// Where it runs.
+    pub config: RuntimeConfig,
+    /// Stop once the input is fully indexed.
+    pub until_end: bool,
+}
+
+/// Open the embedder a spec names.
+pub fn open_embedder(spec: &EmbedderSpec) -> Result<Arc<dyn Embedder>, RuntimeError> {
+    Ok(match spec.kind {
+        EmbedderKind::Hash => Arc::new(HashEmbedder::new(spec.dimension)),
+        EmbedderKind::LocalMinilm => {
+            let dir = spec.model_dir.clone().unwrap_or_else(|| PathBuf::from("models/all-MiniLM-L6-v2"));
+            Arc::new(LocalMiniLm::load(&dir, spec.max_tokens)?)
+        }
+    })
+}
+
+/// Open (or create) the pipeline's collection.
+pub fn open_sink(data_dir: &Path, spec: &DataflowSpec, dimension: usize) -> Result<Arc<dyn VectorSink>, RuntimeError> {
+    Ok(Arc::new(EmbeddedSink::open(data_dir, &spec.sink.collection, dimension)?))
+}
+
+/// Apply an `--embedder` override.
+pub fn with_embedder(mut spec: DataflowSpec, kind: Option<EmbedderKind>) -> DataflowSpec {
+    if let Some(k) = kind {
+        spec.embedder.kind = k;
+    }
+    spec
+}
+
+/// Run a pipeline. Returns the acknowledged counters.
+pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeError> {
+    let RunOptions { dataflow: spec, config, until_end } = opts;
+    std::fs::create_dir_all(&config.data_dir).map_err(io(format!("creating {}", config.data_dir.display())))?;
+    let started = Instant::now();
+    let embedder = open_embedder(&spec.embedder)?;
+    let sink = open_sink(&config.data_dir, &spec, embedder.dimension())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("freshet-io")
+        .build()
+        .map_err(io("starting tokio"))?;
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = config.metrics_addr {
+        match rt.block_on(crate::telemetry::http::serve(addr, Arc::clone(&metrics))) {
+            Ok(bound) => tracing::info!(%bound, "serving /metrics"),
+            Err(e) => tracing::warn!(%addr, error = %e, "metrics endpoint not started"),
+        }
+    }
+
+    let (tombstone_log, tombstones) =
+        TombstoneLog::open(&config.data_dir, &spec.sink.collection).map_err(io("opening the tombstone log"))?;
+    let shape = DocShape::new(&spec);
+    let boot = bootstrap::rebuild(sink.as_ref(), &shape, embedder.model_id(), &tombstones, config.workers)?;
+    tracing::info!(points = boot.points, documents = boot.live_docs, orphans = boot.orphans.len(), "state rebuilt from the collection");
+    if !boot.orphans.is_empty() {
+        sink.apply(vec![SinkOp::Delete(boot.orphans.clone())])?;
+    }
+    let dead_letters = Arc::new(DeadLetterLog::open(&config.data_dir).map_err(io("opening the dead-letter file"))?);
+
+    let embed = EmbedService::start(
+        Arc::clone(&embedder),
+        BatchOptions {
+            max_texts: spec.embedder.max_batch_texts,
+            max_tokens: spec.embedder.max_batch_tokens,
+            max_wait: Duration::from_millis(spec.embedder.max_wait_ms),
+            concurrency: spec.embedder.concurrency,
+            max_tokens_per_text: spec.embedder.max_tokens,
+            cache_entries: config.embed_cache_entries,
+        },
+        Arc::clone(&metrics),
+        rt.handle(),
+    );
+    let shared = Arc::new(WriterShared {
+        sink: Arc::clone(&sink),
+        embed,
+        namespace: collection_namespace(&spec.sink.collection),
+        dead_letters,
+        tombstones: Arc::new(tombstone_log),
+        metrics: Arc::clone(&metrics),
+        pipeline_depth: 4,
+    });
+
+    // Background index building, off the write path.
+    let optimizer_stop = Arc::new(AtomicBool::new(false));
+    let optimizer = {
+        let sink = Arc::clone(&sink);
+        let stop = Arc::clone(&optimizer_stop);
+        let every = Duration::from_secs(config.optimize_interval_s.max(1));
+        std::thread::Builder::new()
+            .name("freshet-optimize".into())
+            .spawn(move || {
+                let mut last = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if last.elapsed() >= every {
+                        if let Err(e) = sink.optimize() {
+                            tracing::warn!(error = %e, "background optimisation failed");
+                        }
+                        last = Instant::now();
+                    }
+                }
+            })
+            .map_err(io("starting the optimiser thread"))?
+    };
+
+    let source_path = spec.source.path.clone().unwrap_or_default();
+    let decode = DecodeSpec {
+        id_fields: spec.document.id.clone(),
+        version_field: spec.document.version.clone(),
+        table: spec.source.table.clone(),
+        max_record_bytes: config.max_record_bytes,
+    };
+    let progress = Arc::new(SourceProgress::default());
+    let inits: Arc<Mutex<Vec<Option<InitialState>>>> =
+        Arc::new(Mutex::new(boot.workers.into_iter().map(Some).collect()));
+    let handle = rt.handle().clone();
+    let spec_w = spec.clone();
+    let metrics_w = Arc::clone(&metrics);
+    let progress_w = Arc::clone(&progress);
+    let stop_w = Arc::clone(&stop);
+    let file_opts = FileSourceOptions {
+        path: source_path,
+        key_separator: spec.source.key_separator.clone(),
+        decode,
+        max_records_per_pass: config.max_records_per_pass,
+        until_end,
+    };
+    let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
+        let index = worker.index();
+        let init = inits.lock().ok().and_then(|mut v| v.get_mut(index).and_then(Option::take)).unwrap_or_default();
+        let shape = Rc::new(DocShape::new(&spec_w));
+        let shared = Arc::clone(&shared);
+        let handle = handle.clone();
+        let progress = Arc::clone(&progress_w);
+        let opts = file_opts.clone();
+        let probe = worker.dataflow::<Time, _, _>(move |scope| {
+            let routed = file_source(scope, opts, progress);
+            let (probe, _acked) = crate::dataflow::pipeline::build(routed, shape, init, move |activator| {
+                RuntimeWriter::start(shared, &handle, activator)
+            });
+            probe
+        });
+        let mut last_lag_update = Instant::now();
+        loop {
+            if stop_w.load(Ordering::Relaxed) {
+                progress_w.stop.store(true, Ordering::Relaxed);
+            }
+            worker.step_or_park(Some(Duration::from_millis(20)));
+            if index == 0 && last_lag_update.elapsed() >= Duration::from_millis(100) {
+                last_lag_update = Instant::now();
+                update_lag(&metrics_w, &progress_w, probe.with_frontier(|f| f.first().copied()));
+            }
+            if probe.done() {
+                break;
+            }
+        }
+        if index == 0 {
+            update_lag(&metrics_w, &progress_w, None);
+        }
+    })
+    .map_err(RuntimeError::Dataflow)?;
+    for r in guards.join() {
+        r.map_err(RuntimeError::Dataflow)?;
+    }
+    optimizer_stop.store(true, Ordering::Relaxed);
+    let _ = optimizer.join();
+    let totals = metrics.totals();
+    tracing::info!(
+        received = totals.received,
+        applied = totals.applied(),
+        chunks_embedded = totals.chunks_embedded,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "pipeline finished"
+    );
+    drop(rt);
+    Ok(totals)
+}
+
+/// Frontier lag: now − sink frontier while work is pending (the source frontier is ahead of
+/// the sink frontier), 0 when caught up.
+fn update_lag(metrics: &Metrics, progress: &SourceProgress, sink_frontier: Option<Time>) {
+    metrics.sync_received(progress.records.load(Ordering::Relaxed));
+    let source = progress.frontier_ms.load(Ordering::Relaxed);
+    metrics.source_frontier_ms.set(source as i64);
+    let lag = match sink_frontier {
+        Some(sink) => {
+            metrics.sink_frontier_ms.set(sink as i64);
+            if source > sink {
+                now_ms().saturating_sub(sink) as f64 / 1000.0
+            } else {
+                0.0
+            }
+        }
+        None => 0.0,
+    };
+    metrics.frontier_lag_seconds.set(lag);
+}

@@ -1,0 +1,142 @@
+//! Small durable files under the data directory: the dead-letter file
+//! (`dead-letter.jsonl`) and the tombstone log (`state/<collection>.tombstones.jsonl`),
+//! which remembers deleted documents and table truncates so that an older event replayed
+//! after a restart stays superseded.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{DeadLetter, DocId, Version};
+
+/// Append-only JSON-lines dead-letter file.
+#[derive(Debug)]
+pub struct DeadLetterLog {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl DeadLetterLog {
+    /// Open (create) `<data_dir>/dead-letter.jsonl`.
+    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+        let path = data_dir.join("dead-letter.jsonl");
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Self { path, file: Mutex::new(file) })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append entries and flush them to disk.
+    pub fn append(&self, entries: &[DeadLetter]) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        for e in entries {
+            serde_json::to_writer(&mut buf, e)?;
+            buf.push(b'\n');
+        }
+        let mut f = self.file.lock().map_err(|_| std::io::Error::other("dead-letter lock poisoned"))?;
+        f.write_all(&buf)?;
+        f.sync_data()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum TombstoneEntry {
+    Doc { doc_id: String, version: Version },
+    Truncate { truncate: Version },
+}
+
+/// What the tombstone log remembers.
+#[derive(Debug, Default, Clone)]
+pub struct Tombstones {
+    /// Deleted documents and the version of their delete.
+    pub docs: BTreeMap<DocId, Version>,
+    /// Newest table truncate.
+    pub truncated_at: Option<Version>,
+}
+
+/// Append-only tombstone log.
+#[derive(Debug)]
+pub struct TombstoneLog {
+    file: Mutex<File>,
+}
+
+impl TombstoneLog {
+    fn path(data_dir: &Path, collection: &str) -> PathBuf {
+        data_dir.join("state").join(format!("{collection}.tombstones.jsonl"))
+    }
+
+    /// Read the log (newest entry per document wins) and compact it.
+    pub fn open(data_dir: &Path, collection: &str) -> std::io::Result<(Self, Tombstones)> {
+        let path = Self::path(data_dir, collection);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut t = Tombstones::default();
+        if path.exists() {
+            for line in BufReader::new(File::open(&path)?).lines() {
+                let line = line?;
+                // A torn last line after a crash is ignored.
+                match serde_json::from_str::<TombstoneEntry>(&line) {
+                    Ok(TombstoneEntry::Doc { doc_id, version }) => {
+                        let e = t.docs.entry(DocId(doc_id)).or_insert(version);
+                        *e = (*e).max(version);
+                    }
+                    Ok(TombstoneEntry::Truncate { truncate }) => {
+                        t.truncated_at = Some(t.truncated_at.map_or(truncate, |x| x.max(truncate)));
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        // Compact: rewrite atomically.
+        let tmp = path.with_extension("jsonl.tmp");
+        {
+            let mut f = File::create(&tmp)?;
+            let mut buf = Vec::new();
+            if let Some(v) = t.truncated_at {
+                serde_json::to_writer(&mut buf, &TombstoneEntry::Truncate { truncate: v })?;
+                buf.push(b'\n');
+            }
+            for (d, v) in &t.docs {
+                serde_json::to_writer(&mut buf, &TombstoneEntry::Doc { doc_id: d.0.clone(), version: *v })?;
+                buf.push(b'\n');
+            }
+            f.write_all(&buf)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        let file = OpenOptions::new().append(true).open(&path)?;
+        Ok((Self { file: Mutex::new(file) }, t))
+    }
+
+    /// Remember deleted documents.
+    pub fn append(&self, docs: &[(DocId, Version)]) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        for (d, v) in docs {
+            serde_json::to_writer(&mut buf, &TombstoneEntry::Doc { doc_id: d.0.clone(), version: *v })?;
+            buf.push(b'\n');
+        }
+        self.write(&buf)
+    }
+
+    /// Remember a table truncate.
+    pub fn append_truncate(&self, v: Version) -> std::io::Result<()> {
+        let mut buf = serde_json::to_vec(&TombstoneEntry::Truncate { truncate: v })?;
+        buf.push(b'\n');
+        self.write(&buf)
+    }
+
+    fn write(&self, buf: &[u8]) -> std::io::Result<()> {
+        let mut f = self.file.lock().map_err(|_| std::io::Error::other("tombstone lock poisoned"))?;
+        f.write_all(buf)?;
+        f.sync_data()
+    }
+}

@@ -1,0 +1,281 @@
+//! The runtime's [`IndexWriter`]: for each submitted time it resolves the vectors the
+//! writes need (cache → vectors already in the collection → embedder), builds the sink
+//! operations and applies them **in time order**, retrying transient sink errors, then
+//! records dead letters and tombstones and acknowledges the time to the dataflow.
+//! Vector resolution of later times overlaps the sink write of earlier ones.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use timely::scheduling::SyncActivator;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::store::{DeadLetterLog, TombstoneLog};
+use crate::dataflow::operators::write_index::{Acked, IndexWriter, WriteBatch};
+use crate::dataflow::{Tally, Time};
+use crate::embed::batcher::{EmbedService, Vector};
+use crate::model::{chunk_payload, point_id, update_payload, ContentHash, DeadLetter, DocWrite};
+use crate::sink::{SinkError, SinkOp, SinkPoint, VectorSink};
+use crate::telemetry::metrics::Metrics;
+
+/// What every worker's writer shares.
+pub struct WriterShared {
+    /// The sink.
+    pub sink: Arc<dyn VectorSink>,
+    /// The embedding service.
+    pub embed: Arc<EmbedService>,
+    /// Point-id namespace of the collection.
+    pub namespace: Uuid,
+    /// Dead-letter file.
+    pub dead_letters: Arc<DeadLetterLog>,
+    /// Tombstone log.
+    pub tombstones: Arc<TombstoneLog>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Times whose vectors are resolved ahead of the sink write.
+    pub pipeline_depth: usize,
+}
+
+/// One worker's writer (see module docs).
+pub struct RuntimeWriter {
+    tx: mpsc::UnboundedSender<(Time, WriteBatch)>,
+    acked: Arc<Mutex<VecDeque<Acked>>>,
+}
+
+impl RuntimeWriter {
+    /// Start the writer's tasks on `handle`; `activator` wakes the operator on acks.
+    pub fn start(shared: Arc<WriterShared>, handle: &tokio::runtime::Handle, activator: SyncActivator) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Time, WriteBatch)>();
+        let acked = Arc::new(Mutex::new(VecDeque::new()));
+        let (rtx, mut rrx) = mpsc::channel::<tokio::task::JoinHandle<Resolved>>(shared.pipeline_depth.max(1));
+        let s1 = Arc::clone(&shared);
+        handle.spawn(async move {
+            while let Some((time, batch)) = rx.recv().await {
+                let s = Arc::clone(&s1);
+                let h = tokio::spawn(async move { resolve(&s, time, batch).await });
+                if rtx.send(h).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let s2 = shared;
+        let acked2 = Arc::clone(&acked);
+        handle.spawn(async move {
+            while let Some(h) = rrx.recv().await {
+                let resolved = match h.await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "vector resolution task failed; stopping this worker's writer");
+                        return;
+                    }
+                };
+                let time = resolved.time;
+                let tally = write(&s2, resolved).await;
+                s2.metrics.record_acked(&tally);
+                if let Ok(mut q) = acked2.lock() {
+                    q.push_back(Acked { time, tally });
+                }
+                let _ = activator.activate();
+            }
+        });
+        Self { tx, acked }
+    }
+}
+
+impl IndexWriter for RuntimeWriter {
+    fn submit(&mut self, time: Time, batch: WriteBatch) {
+        if self.tx.send((time, batch)).is_err() {
+            tracing::error!(time, "writer stopped; the time stays unacknowledged");
+        }
+    }
+
+    fn poll_acked(&mut self) -> Vec<Acked> {
+        self.acked.lock().map(|mut q| q.drain(..).collect()).unwrap_or_default()
+    }
+}
+
+struct Resolved {
+    time: Time,
+    batch: WriteBatch,
+    vectors: HashMap<ContentHash, Vector>,
+    failed: HashMap<ContentHash, String>,
+}
+
+async fn resolve(s: &WriterShared, time: Time, batch: WriteBatch) -> Resolved {
+    let mut needed: HashMap<ContentHash, String> = HashMap::new();
+    for w in &batch.writes {
+        for u in &w.upserts {
+            needed.entry(u.hash).or_insert_with(|| u.text.clone());
+        }
+    }
+    let hashes: Vec<ContentHash> = needed.keys().copied().collect();
+    let mut vectors = s.embed.cached(&hashes);
+    let mut reused = vectors.len() as u64;
+    let missing: Vec<ContentHash> = hashes.iter().filter(|h| !vectors.contains_key(h)).copied().collect();
+    if !missing.is_empty() {
+        let sink = Arc::clone(&s.sink);
+        let model = s.embed.model_id().to_string();
+        let found = tokio::task::spawn_blocking(move || sink.vectors_by_hash(&model, &missing)).await;
+        match found {
+            Ok(Ok(found)) => {
+                for (h, v) in found {
+                    let v: Vector = v.into();
+                    s.embed.remember(h, Arc::clone(&v));
+                    vectors.insert(h, v);
+                    reused += 1;
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "looking up known vectors failed; embedding instead"),
+            Err(e) => tracing::warn!(error = %e, "looking up known vectors failed; embedding instead"),
+        }
+    }
+    s.metrics.record_reused(reused);
+    let to_embed: Vec<(ContentHash, String)> =
+        needed.into_iter().filter(|(h, _)| !vectors.contains_key(h)).collect();
+    let mut failed = HashMap::new();
+    if !to_embed.is_empty() {
+        for (h, r) in s.embed.embed(to_embed).await {
+            match r {
+                Ok(v) => {
+                    vectors.insert(h, v);
+                }
+                Err(e) => {
+                    failed.insert(h, e);
+                }
+            }
+        }
+    }
+    Resolved { time, batch, vectors, failed }
+}
+
+fn build_ops(s: &WriterShared, w: &DocWrite, r: &Resolved, dead: &mut Vec<DeadLetter>, tally: &mut Tally) -> Vec<SinkOp> {
+    let model = s.embed.model_id();
+    let mut points = Vec::with_capacity(w.upserts.len());
+    let mut deletes: Vec<Uuid> = w.deletes.iter().map(|i| point_id(&s.namespace, &w.doc_id, *i)).collect();
+    for u in &w.upserts {
+        let id = point_id(&s.namespace, &w.doc_id, u.chunk_index);
+        match r.vectors.get(&u.hash) {
+            Some(v) => points.push(SinkPoint {
+                id,
+                vector: v.to_vec(),
+                payload: chunk_payload(
+                    &w.metadata,
+                    &w.doc_id,
+                    u.chunk_index,
+                    &u.hash,
+                    w.version,
+                    model,
+                    &u.text,
+                    &w.text_field_hashes,
+                ),
+            }),
+            None => {
+                // The chunk can never be embedded: no stale point may stay at its position.
+                let reason = r.failed.get(&u.hash).cloned().unwrap_or_else(|| "no vector".into());
+                dead.push(DeadLetter {
+                    position: 0,
+                    stage: "embed".into(),
+                    reason: "embedding_rejected".into(),
+                    error: reason,
+                    doc_id: Some(w.doc_id.0.clone()),
+                    record_excerpt: Some(u.text.chars().take(1024).collect()),
+                    record_bytes: Some(u.text.len()),
+                });
+                deletes.push(id);
+            }
+        }
+    }
+    let mut ops = Vec::new();
+    tally.points_upserted += points.len() as u64;
+    if !points.is_empty() {
+        ops.push(SinkOp::Upsert(points));
+    }
+    if !w.payload_updates.is_empty() {
+        tally.points_payload_updated += w.payload_updates.len() as u64;
+        ops.push(SinkOp::SetPayload {
+            ids: w.payload_updates.iter().map(|(i, _)| point_id(&s.namespace, &w.doc_id, *i)).collect(),
+            payload: update_payload(&w.metadata, w.version, model, &w.text_field_hashes),
+        });
+    }
+    tally.points_deleted += deletes.len() as u64;
+    if !deletes.is_empty() {
+        ops.push(SinkOp::Delete(deletes));
+    }
+    ops
+}
+
+async fn write(s: &Arc<WriterShared>, r: Resolved) -> Tally {
+    let mut tally = r.batch.tally;
+    let mut dead = r.batch.dead.clone();
+    let mut upserts = Vec::new();
+    let mut rest = Vec::new();
+    let mut tombstones = Vec::new();
+    for w in &r.batch.writes {
+        for op in build_ops(s, w, &r, &mut dead, &mut tally) {
+            match op {
+                SinkOp::Upsert(p) => upserts.extend(p),
+                other => rest.push(other),
+            }
+        }
+        if let Some(v) = w.tombstone {
+            tombstones.push((w.doc_id.clone(), v));
+        }
+    }
+    // Points of different documents are disjoint and one document's upserts, payload
+    // updates and deletes touch different positions, so grouping keeps the effect.
+    let mut ops = Vec::with_capacity(rest.len() + 1);
+    if !upserts.is_empty() {
+        ops.push(SinkOp::Upsert(upserts));
+    }
+    ops.extend(rest);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let sink = Arc::clone(&s.sink);
+        let ops_now = ops.clone();
+        let res = tokio::task::spawn_blocking(move || sink.apply(ops_now))
+            .await
+            .unwrap_or_else(|e| Err(SinkError::Transient(format!("sink task failed: {e}"))));
+        match res {
+            Ok(()) => break,
+            Err(e) if e.is_transient() => {
+                s.metrics.retries.inc();
+                tracing::warn!(time = r.time, error = %e, retry_in_ms = backoff.as_millis() as u64, "sink write failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                tracing::error!(time = r.time, error = %e, "sink rejected a batch; writing it to the dead-letter file");
+                for w in &r.batch.writes {
+                    dead.push(DeadLetter {
+                        position: 0,
+                        stage: "sink".into(),
+                        reason: "sink_rejected".into(),
+                        error: e.to_string(),
+                        doc_id: Some(w.doc_id.0.clone()),
+                        record_excerpt: None,
+                        record_bytes: None,
+                    });
+                }
+                break;
+            }
+        }
+    }
+    if let Some(v) = r.batch.truncated_at {
+        if let Err(e) = s.tombstones.append_truncate(v) {
+            tracing::warn!(error = %e, "could not persist the truncate");
+        }
+    }
+    if !tombstones.is_empty() {
+        if let Err(e) = s.tombstones.append(&tombstones) {
+            tracing::warn!(error = %e, "could not persist tombstones");
+        }
+    }
+    if !dead.is_empty() {
+        if let Err(e) = s.dead_letters.append(&dead) {
+            tracing::error!(error = %e, count = dead.len(), "could not write the dead-letter file");
+        }
+    }
+    tally
+}

@@ -1,0 +1,304 @@
+//! The embedded sink: the Qdrant engine (`qdrant-edge` 0.7.1) in-process, one directory per
+//! collection under `<data_dir>/collections/<name>/`. Writes go through the engine's WAL
+//! and are durable when `apply` returns. HNSW indexes are built by [`VectorSink::optimize`],
+//! which the runtime calls from a background thread — never on the write path.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use qdrant_edge::{
+    Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParams, Filter, PayloadOps, PointId,
+    PointOperations, PointStructPersisted, ScoringQuery, ScrollRequest, SetPayloadOp, UpdateOperation,
+    WithPayloadInterface, WithVector,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{Hit, SinkError, SinkOp, SinkPoint, StoredPoint, VectorSink};
+use crate::model::{keys, ContentHash, Metadata};
+
+/// A collection in the embedded Qdrant engine.
+pub struct EmbeddedSink {
+    shard: EdgeShard,
+    dimension: usize,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedSink").field("path", &self.path).field("dimension", &self.dimension).finish()
+    }
+}
+
+fn transient(e: impl std::fmt::Display) -> SinkError {
+    SinkError::Transient(e.to_string())
+}
+
+/// The directory of a collection under a data directory.
+pub fn collection_dir(data_dir: &Path, collection: &str) -> PathBuf {
+    data_dir.join("collections").join(collection)
+}
+
+impl EmbeddedSink {
+    /// Open the collection, creating it (cosine distance, `dimension`, payload indexes on
+    /// `doc_id` and `content_hash`) if it does not exist. Refuses a collection of another
+    /// dimension.
+    pub fn open(data_dir: &Path, collection: &str, dimension: usize) -> Result<Self, SinkError> {
+        let path = collection_dir(data_dir, collection);
+        let exists = path.join("edge_config.json").exists();
+        let shard = if exists {
+            let shard = EdgeShard::load(&path, None).map_err(transient)?;
+            let existing = shard.config().vectors.values().next().map(|v| v.size);
+            if existing != Some(dimension) {
+                return Err(SinkError::Permanent(format!(
+                    "collection `{collection}` at {} has vectors of dimension {existing:?}, the embedder produces {dimension}; \
+                     use another collection (or reindex)",
+                    path.display()
+                )));
+            }
+            shard
+        } else {
+            std::fs::create_dir_all(&path).map_err(transient)?;
+            let params = EdgeVectorParams {
+                size: dimension,
+                distance: Distance::Cosine,
+                on_disk: None,
+                multivector_config: None,
+                datatype: None,
+                quantization_config: None,
+                hnsw_config: None,
+            };
+            let config = EdgeConfigBuilder::new().vector("", params).on_disk_payload(false).build();
+            let shard = EdgeShard::new(&path, config).map_err(transient)?;
+            for field in [keys::DOC_ID, keys::CONTENT_HASH] {
+                let op: UpdateOperation = serde_json::from_value(json!({
+                    "create_index": { "field_name": field, "field_schema": "keyword" }
+                }))
+                .map_err(transient)?;
+                shard.update(op).map_err(transient)?;
+            }
+            shard
+        };
+        Ok(Self { shard, dimension, path })
+    }
+
+    fn update(&self, op: UpdateOperation) -> Result<(), SinkError> {
+        self.shard.update(op).map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("dimension") || msg.contains("Wrong input") {
+                SinkError::Permanent(msg)
+            } else {
+                SinkError::Transient(msg)
+            }
+        })
+    }
+
+    fn filter_from(conditions: serde_json::Value) -> Result<Filter, SinkError> {
+        serde_json::from_value(conditions).map_err(|e| SinkError::Permanent(format!("bad filter: {e}")))
+    }
+}
+
+fn payload_of(m: &Metadata) -> qdrant_edge::Payload {
+    qdrant_edge::Payload(m.clone())
+}
+
+fn uuid_of(id: &PointId) -> Option<Uuid> {
+    match id {
+        PointId::Uuid(u) => Some(*u),
+        PointId::NumId(_) => None,
+    }
+}
+
+fn dense(v: Option<qdrant_edge::VectorStructInternal>) -> Option<Vec<f32>> {
+    match v? {
+        qdrant_edge::VectorStructInternal::Single(d) => Some(d),
+        qdrant_edge::VectorStructInternal::Named(mut m) => match m.remove("")? {
+            qdrant_edge::VectorInternal::Dense(d) => Some(d),
+            _ => None,
+        },
+        qdrant_edge::VectorStructInternal::MultiDense(_) => None,
+    }
+}
+
+impl VectorSink for EmbeddedSink {
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    fn apply(&self, ops: Vec<SinkOp>) -> Result<(), SinkError> {
+        for op in ops {
+            match op {
+                SinkOp::Upsert(points) => {
+                    if points.is_empty() {
+                        continue;
+                    }
+                    for p in &points {
+                        if p.vector.len() != self.dimension {
+                            return Err(SinkError::Permanent(format!(
+                                "vector of dimension {} for a collection of dimension {}",
+                                p.vector.len(),
+                                self.dimension
+                            )));
+                        }
+                    }
+                    let list = points
+                        .into_iter()
+                        .map(|SinkPoint { id, vector, payload }| PointStructPersisted {
+                            id: PointId::Uuid(id),
+                            vector: vector.into(),
+                            payload: Some(payload_of(&payload)),
+                        })
+                        .collect();
+                    self.update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+                        qdrant_edge::PointInsertOperations::PointsList(list),
+                    )))?;
+                }
+                SinkOp::SetPayload { ids, payload } => {
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    self.update(UpdateOperation::PayloadOperation(PayloadOps::SetPayload(SetPayloadOp {
+                        payload: payload_of(&payload),
+                        points: Some(ids.into_iter().map(PointId::Uuid).collect()),
+                        filter: None,
+                        key: None,
+                    })))?;
+                }
+                SinkOp::Delete(ids) => {
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    self.update(UpdateOperation::PointOperation(PointOperations::DeletePoints {
+                        ids: ids.into_iter().map(PointId::Uuid).collect(),
+                    }))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scroll(
+        &self,
+        with_vectors: bool,
+        page: usize,
+        visit: &mut dyn FnMut(Vec<StoredPoint>),
+    ) -> Result<(), SinkError> {
+        let mut offset: Option<PointId> = None;
+        loop {
+            let (records, next) = self
+                .shard
+                .scroll(ScrollRequest {
+                    offset,
+                    limit: Some(page.max(1)),
+                    filter: None,
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(with_vectors),
+                    order_by: None,
+                })
+                .map_err(transient)?;
+            let points = records
+                .into_iter()
+                .filter_map(|r| {
+                    Some(StoredPoint {
+                        id: uuid_of(&r.id)?,
+                        payload: r.payload.map(|p| p.0).unwrap_or_default(),
+                        vector: if with_vectors { dense(r.vector) } else { None },
+                    })
+                })
+                .collect();
+            visit(points);
+            match next {
+                Some(n) => offset = Some(n),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn vectors_by_hash(
+        &self,
+        model_id: &str,
+        hashes: &[ContentHash],
+    ) -> Result<HashMap<ContentHash, Vec<f32>>, SinkError> {
+        let mut out = HashMap::new();
+        if hashes.is_empty() {
+            return Ok(out);
+        }
+        let hex: Vec<String> = hashes.iter().map(ContentHash::to_hex).collect();
+        let filter = Self::filter_from(json!({ "must": [
+            { "key": keys::CONTENT_HASH, "match": { "any": hex } },
+            { "key": keys::MODEL_ID, "match": { "value": model_id } }
+        ]}))?;
+        let (records, _) = self
+            .shard
+            .scroll(ScrollRequest {
+                offset: None,
+                limit: Some(hashes.len() * 4),
+                filter: Some(filter),
+                with_payload: Some(WithPayloadInterface::Bool(true)),
+                with_vector: WithVector::Bool(true),
+                order_by: None,
+            })
+            .map_err(transient)?;
+        for r in records {
+            let Some(h) = r
+                .payload
+                .as_ref()
+                .and_then(|p| p.0.get(keys::CONTENT_HASH))
+                .and_then(|v| v.as_str())
+                .and_then(ContentHash::from_hex)
+            else {
+                continue;
+            };
+            if let Some(v) = dense(r.vector) {
+                out.entry(h).or_insert(v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn search(
+        &self,
+        vector: Vec<f32>,
+        k: usize,
+        filter: &[(String, serde_json::Value)],
+    ) -> Result<Vec<Hit>, SinkError> {
+        let filter = if filter.is_empty() {
+            None
+        } else {
+            let must: Vec<_> =
+                filter.iter().map(|(k, v)| json!({ "key": k, "match": { "value": v } })).collect();
+            Some(Self::filter_from(json!({ "must": must }))?)
+        };
+        let query: qdrant_edge::QueryRequest = qdrant_edge::QueryRequest {
+            prefetches: vec![],
+            query: Some(ScoringQuery::Vector(qdrant_edge::QueryEnum::Nearest(qdrant_edge::NamedQuery {
+                query: vector.into(),
+                using: None,
+            }))),
+            filter,
+            score_threshold: None,
+            limit: k,
+            offset: 0,
+            params: None,
+            with_vector: WithVector::Bool(false),
+            with_payload: WithPayloadInterface::Bool(true),
+        };
+        let points = self.shard.query(query).map_err(transient)?;
+        Ok(points
+            .into_iter()
+            .filter_map(|p| {
+                Some(Hit { id: uuid_of(&p.id)?, score: p.score, payload: p.payload.map(|p| p.0).unwrap_or_default() })
+            })
+            .collect())
+    }
+
+    fn count(&self) -> Result<usize, SinkError> {
+        self.shard
+            .count(qdrant_edge::CountRequest { filter: None, exact: true })
+            .map_err(transient)
+    }
+
+    fn optimize(&self) -> Result<(), SinkError> {
+        self.shard.optimize().map(|_| ()).map_err(transient)
+    }
+}

@@ -1,0 +1,205 @@
+//! The file source: a JSON-lines file of change events (one record value per line, or
+//! `key<sep>value`), read by worker 0 in bounded passes. Each pass stamps its records with
+//! the ingestion time (ms, strictly increasing) and downgrades the capability, so the
+//! dataflow's frontier follows the reader. At end of file the capability is dropped
+//! (`until_end`) or kept advancing with the clock while the file is followed.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, Stream};
+
+use crate::dataflow::{Ingested, Routed, Time};
+use crate::model::{route, DeadLetter, SourceRecord};
+use crate::source::decode::debezium::decode_debezium_json;
+use crate::source::decode::{DecodeSpec, Decoded, SkipKind};
+
+/// Options of the file source.
+#[derive(Debug, Clone)]
+pub struct FileSourceOptions {
+    /// The file.
+    pub path: PathBuf,
+    /// `key<sep>value` lines when set.
+    pub key_separator: Option<String>,
+    /// Decoding rules.
+    pub decode: DecodeSpec,
+    /// Lines per pass.
+    pub max_records_per_pass: usize,
+    /// Stop at end of file (else follow it).
+    pub until_end: bool,
+}
+
+/// Progress shared with the runtime (for lag and the `received` counter).
+#[derive(Debug, Default)]
+pub struct SourceProgress {
+    /// Records read.
+    pub records: AtomicU64,
+    /// The source frontier (the time of the next records), 0 before start.
+    pub frontier_ms: AtomicU64,
+    /// Whether the reader has reached the end of its input at least once.
+    pub caught_up: AtomicBool,
+    /// Whether the reader is finished (its capability dropped).
+    pub finished: AtomicBool,
+    /// Set to ask the reader to stop.
+    pub stop: AtomicBool,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Decode one line into a routed item (`peers` copies for a broadcast truncate).
+pub fn ingest_line(
+    line: &[u8],
+    position: u64,
+    key_separator: Option<&str>,
+    spec: &DecodeSpec,
+    peers: usize,
+    out: &mut Vec<Routed>,
+) {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let (key, value) = match key_separator {
+        Some(sep) if !sep.is_empty() => match find(line, sep.as_bytes()) {
+            Some(i) => (Some(&line[..i]), &line[i + sep.len()..]),
+            None => (None, line),
+        },
+        _ => (None, line),
+    };
+    match decode_debezium_json(spec, key, Some(value), position) {
+        Ok(Decoded::Record(SourceRecord::Doc(c))) => {
+            out.push(Routed { target: route(&c.doc_id), counted: true, item: Ingested::Record(SourceRecord::Doc(c)) })
+        }
+        Ok(Decoded::Record(t @ SourceRecord::Truncate { .. })) => {
+            for w in 0..peers.max(1) {
+                out.push(Routed { target: w as u64, counted: w == 0, item: Ingested::Record(t.clone()) });
+            }
+        }
+        Ok(Decoded::Skip(kind)) => out.push(Routed {
+            target: position,
+            counted: true,
+            item: Ingested::Skipped { position, kind: skip_name(&kind).into() },
+        }),
+        Err(e) => out.push(Routed {
+            target: position,
+            counted: true,
+            item: Ingested::Dead(DeadLetter {
+                position,
+                stage: "decode".into(),
+                reason: e.kind.as_str().into(),
+                error: e.to_string(),
+                doc_id: None,
+                record_excerpt: Some(String::from_utf8_lossy(&line[..line.len().min(1024)]).into_owned()),
+                record_bytes: Some(line.len()),
+            }),
+        }),
+    }
+}
+
+fn skip_name(k: &SkipKind) -> &'static str {
+    match k {
+        SkipKind::Tombstone => "tombstone",
+        SkipKind::Heartbeat => "heartbeat",
+        SkipKind::Message => "message",
+        SkipKind::TransactionMetadata => "transaction",
+        SkipKind::OtherTable => "other_table",
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The file source operator (see module docs). Only worker 0 reads.
+pub fn file_source<'scope>(
+    scope: Scope<'scope, Time>,
+    opts: FileSourceOptions,
+    progress: Arc<SourceProgress>,
+) -> Stream<'scope, Time, Vec<Routed>> {
+    let peers = scope.peers();
+    let index = scope.index();
+    source(scope, "FileSource", move |cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut cap = if index == 0 { Some(cap) } else { None };
+        let mut reader: Option<BufReader<File>> = None;
+        let mut position: u64 = 0;
+        let mut last_time: Time = 0;
+        let mut buf = Vec::new();
+        let mut failed = false;
+        move |output| {
+            let Some(c) = cap.as_mut() else { return };
+            if progress.stop.load(Ordering::Relaxed) || failed {
+                progress.finished.store(true, Ordering::Relaxed);
+                cap = None;
+                return;
+            }
+            if reader.is_none() {
+                match File::open(&opts.path) {
+                    Ok(f) => reader = Some(BufReader::with_capacity(1 << 20, f)),
+                    Err(e) => {
+                        tracing::error!(path = %opts.path.display(), error = %e, "cannot open the input file");
+                        failed = true;
+                        activator.activate();
+                        return;
+                    }
+                }
+            }
+            let time = now_ms().max(last_time + 1);
+            c.downgrade(&time);
+            last_time = time;
+            let mut routed = Vec::new();
+            let mut read = 0;
+            let mut eof = false;
+            if let Some(r) = reader.as_mut() {
+                while read < opts.max_records_per_pass {
+                    buf.clear();
+                    match r.read_until(b'\n', &mut buf) {
+                        Ok(0) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(_) => {
+                            position += 1;
+                            if buf.iter().all(|b| b.is_ascii_whitespace()) {
+                                continue;
+                            }
+                            ingest_line(&buf, position, opts.key_separator.as_deref(), &opts.decode, peers, &mut routed);
+                            read += 1;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "reading the input file failed");
+                            eof = true;
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            progress.records.fetch_add(read as u64, Ordering::Relaxed);
+            if !routed.is_empty() {
+                output.session(&*c).give_iterator(routed.into_iter());
+            }
+            progress.frontier_ms.store(time + 1, Ordering::Relaxed);
+            if eof {
+                progress.caught_up.store(true, Ordering::Relaxed);
+                if opts.until_end {
+                    progress.finished.store(true, Ordering::Relaxed);
+                    cap = None;
+                } else {
+                    activator.activate_after(Duration::from_millis(200));
+                }
+            } else {
+                activator.activate();
+            }
+        }
+    })
+}
