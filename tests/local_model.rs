@@ -74,6 +74,7 @@ fn reproduces_the_published_quick_start() {
     }
     for (i, j, expected) in [(0, 1, 0.6660_f32), (0, 2, 0.1046), (1, 2, 0.1411)] {
         let got = cosine(&v[i], &v[j]);
+        println!("similarity {i} vs {j}: {got:.5} (published {expected})");
         assert!((got - expected).abs() < 0.0005, "similarity {i} vs {j}: got {got:.4}, expected {expected}");
     }
 }

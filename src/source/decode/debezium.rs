@@ -1024,7 +1024,7 @@ mod tests {
         assert_eq!(err.kind, DecodeErrorKind::InvalidUtf8);
         assert_eq!(
             err.to_string(),
-            "the value is not valid UTF-8 (invalid byte at offset 9)"
+            "the value is not valid UTF-8 (invalid byte at offset 8)"
         );
         let err = decode_debezium_json(&s, None, Some(b"{\"op\":"), 1).unwrap_err();
         assert_eq!(err.kind, DecodeErrorKind::InvalidJson);
