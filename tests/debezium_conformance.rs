@@ -773,6 +773,7 @@ fn check_pg_271_captured(ctx: &Ctx) {
     check_pg_271_key_value(key, value);
 }
 
+#[allow(clippy::approx_constant)] // the product weight 3.14 in the sample, not π
 fn check_pg_330_abridged(ctx: &Ctx) {
     let decoded = decode(
         &spec_for_table(&["id"], "inventory.products"),

@@ -43,11 +43,36 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Deterministic filler prose of `words` words.
 fn words(words: usize, seed: usize) -> String {
     const VOCAB: &[&str] = &[
-        "stream", "table", "change", "vector", "index", "replica", "offset", "commit", "the",
-        "a", "of", "keeps", "exactly", "fresh", "document", "chunk", "embedding", "query",
-        "latency", "throughput", "partition", "snapshot", "river", "mountain", "lovely",
+        "stream",
+        "table",
+        "change",
+        "vector",
+        "index",
+        "replica",
+        "offset",
+        "commit",
+        "the",
+        "a",
+        "of",
+        "keeps",
+        "exactly",
+        "fresh",
+        "document",
+        "chunk",
+        "embedding",
+        "query",
+        "latency",
+        "throughput",
+        "partition",
+        "snapshot",
+        "river",
+        "mountain",
+        "lovely",
     ];
-    (0..words).map(|i| VOCAB[(i * 7 + seed * 13 + i / 5) % VOCAB.len()]).collect::<Vec<_>>().join(" ")
+    (0..words)
+        .map(|i| VOCAB[(i * 7 + seed * 13 + i / 5) % VOCAB.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[test]
@@ -64,7 +89,8 @@ fn metadata() {
 /// The model card's sentence-transformers quick-start similarities.
 #[test]
 fn reproduces_the_published_quick_start() {
-    let sentences = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."];
+    let sentences =
+        ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."];
     let v = model().embed(&sentences).expect("embed");
     assert_eq!(v.len(), 3);
     for x in &v {
@@ -75,7 +101,10 @@ fn reproduces_the_published_quick_start() {
     for (i, j, expected) in [(0, 1, 0.6660_f32), (0, 2, 0.1046), (1, 2, 0.1411)] {
         let got = cosine(&v[i], &v[j]);
         println!("similarity {i} vs {j}: {got:.5} (published {expected})");
-        assert!((got - expected).abs() < 0.0005, "similarity {i} vs {j}: got {got:.4}, expected {expected}");
+        assert!(
+            (got - expected).abs() < 0.0005,
+            "similarity {i} vs {j}: got {got:.4}, expected {expected}"
+        );
     }
 }
 
