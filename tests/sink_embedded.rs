@@ -1,0 +1,122 @@
+//! Contract of the embedded sink (the Qdrant engine in-process): writes are visible and
+//! durable across reopen, payload updates merge, deletes remove, vectors are found by
+//! content hash, searches honour filters, wrong dimensions are permanent errors, and index
+//! building in the background does not disturb concurrent writes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use freshet::model::{ContentHash, Metadata};
+use freshet::sink::embedded::EmbeddedSink;
+use freshet::sink::{SinkOp, SinkPoint, VectorSink};
+use serde_json::json;
+use uuid::Uuid;
+
+fn payload(doc: &str, hash: &ContentHash, status: &str) -> Metadata {
+    json!({"doc_id": doc, "content_hash": hash.to_hex(), "model_id": "m", "status": status})
+        .as_object()
+        .unwrap()
+        .clone()
+}
+
+fn vector(i: usize, dim: usize) -> Vec<f32> {
+    (0..dim).map(|k| if k == i % dim { 1.0 } else { 0.01 * k as f32 }).collect()
+}
+
+fn scroll_all(sink: &dyn VectorSink, with_vectors: bool) -> Vec<freshet::sink::StoredPoint> {
+    let mut all = Vec::new();
+    sink.scroll(with_vectors, 7, &mut |p| all.extend(p)).unwrap();
+    all
+}
+
+#[test]
+fn writes_payload_merges_deletes_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = EmbeddedSink::open(dir.path(), "c", 4).unwrap();
+    let hashes: Vec<ContentHash> = (0..20).map(|i| ContentHash::of(&format!("chunk {i}"))).collect();
+    let ids: Vec<Uuid> = (0..20).map(|i| Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("p{i}").as_bytes())).collect();
+    let points = (0..20)
+        .map(|i| SinkPoint { id: ids[i], vector: vector(i, 4), payload: payload(&format!("d{}", i / 5), &hashes[i], "draft") })
+        .collect();
+    sink.apply(vec![SinkOp::Upsert(points)]).unwrap();
+    assert_eq!(sink.count().unwrap(), 20);
+
+    // Merge: `status` changes, other keys stay.
+    let mut upd = Metadata::new();
+    upd.insert("status".into(), json!("published"));
+    sink.apply(vec![SinkOp::SetPayload { ids: ids[0..5].to_vec(), payload: upd }, SinkOp::Delete(ids[15..].to_vec())]).unwrap();
+    let all = scroll_all(&sink, true);
+    assert_eq!(all.len(), 15);
+    let mut sorted = all.iter().map(|p| p.id).collect::<Vec<_>>();
+    sorted.sort();
+    assert_eq!(sorted, all.iter().map(|p| p.id).collect::<Vec<_>>(), "scroll is in id order");
+    let p0 = all.iter().find(|p| p.id == ids[0]).unwrap();
+    assert_eq!(p0.payload["status"], "published");
+    assert_eq!(p0.payload["doc_id"], "d0");
+    assert_eq!(p0.vector.as_deref().unwrap().len(), 4);
+    assert!(!all.iter().any(|p| p.id == ids[16]));
+
+    // Vectors by content hash: present ones found, deleted ones not, other model not.
+    let found = sink.vectors_by_hash("m", &[hashes[3], hashes[17]]).unwrap();
+    assert!(found.contains_key(&hashes[3]) && !found.contains_key(&hashes[17]));
+    assert!(sink.vectors_by_hash("other-model", &[hashes[3]]).unwrap().is_empty());
+
+    // Search with a filter.
+    let hits = sink.search(vector(2, 4), 3, &[("status".into(), json!("published"))]).unwrap();
+    assert_eq!(hits[0].id, ids[2]);
+    assert!(hits.iter().all(|h| h.payload["status"] == "published"));
+
+    // Wrong dimension is permanent.
+    let err = sink.apply(vec![SinkOp::Upsert(vec![SinkPoint { id: ids[0], vector: vec![1.0; 3], payload: Metadata::new() }])]).unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    drop(sink);
+
+    let reopened = EmbeddedSink::open(dir.path(), "c", 4).unwrap();
+    assert_eq!(reopened.count().unwrap(), 15);
+    drop(reopened);
+    assert!(EmbeddedSink::open(dir.path(), "c", 8).is_err_and(|e| !e.is_transient()));
+}
+
+#[test]
+fn background_optimisation_does_not_disturb_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(EmbeddedSink::open(dir.path(), "c", 8).unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opt = {
+        let (sink, stop) = (Arc::clone(&sink), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sink.optimize().unwrap();
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let n = 6000;
+    for batch in 0..(n / 200) {
+        let points = (0..200)
+            .map(|k| {
+                let i = batch * 200 + k;
+                SinkPoint {
+                    id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("q{i}").as_bytes()),
+                    vector: vector(i, 8),
+                    payload: payload(&format!("d{i}"), &ContentHash::of(&i.to_string()), "draft"),
+                }
+            })
+            .collect();
+        sink.apply(vec![SinkOp::Upsert(points)]).unwrap();
+        if batch % 5 == 4 {
+            let ids = (0..50).map(|k| Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("q{}", batch * 200 + k).as_bytes())).collect();
+            sink.apply(vec![SinkOp::Delete(ids)]).unwrap();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(opt.join().unwrap() > 0);
+    sink.optimize().unwrap();
+    let deleted = (n / 200 / 5) * 50;
+    assert_eq!(sink.count().unwrap(), n - deleted);
+    assert_eq!(scroll_all(sink.as_ref(), false).len(), n - deleted);
+    let hits = sink.search(vector(5, 8), 1, &[]).unwrap();
+    assert_eq!(hits.len(), 1);
+}
