@@ -71,6 +71,13 @@ fn followed_input_serves_metrics_and_stops_on_sigterm() {
     }
     drop(f);
     wait_for(&|m| metric(m, "freshet_events_received_total") == Some(history.len() as f64));
+    // The differential count of the state's size equals what the index must hold.
+    let expected = oracle(&freshet::config::DataflowSpec::load(&dataflow).unwrap(), &history, "freshet/hash-16", 16);
+    let docs: std::collections::BTreeSet<&str> = expected.export.iter().map(|p| p["payload"]["doc_id"].as_str().unwrap()).collect();
+    wait_for(&|m| {
+        metric(m, "freshet_state_chunks") == Some(expected.export.len() as f64)
+            && metric(m, "freshet_state_documents") == Some(docs.len() as f64)
+    });
 
     let status = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     assert!(status.success());
@@ -79,6 +86,5 @@ fn followed_input_serves_metrics_and_stops_on_sigterm() {
     let summary: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(summary["received"].as_u64().unwrap() as usize, history.len());
 
-    let expected = oracle(&freshet::config::DataflowSpec::load(&dataflow).unwrap(), &history, "freshet/hash-16", 16);
     assert_export_matches(&export(&dataflow, &config, true), &expected.export);
 }

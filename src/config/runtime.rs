@@ -24,6 +24,10 @@ pub struct RuntimeConfig {
     /// Records a source reads per partition per activation (bounds work per step).
     #[serde(default = "default_max_records_per_pass")]
     pub max_records_per_pass: usize,
+    /// Source passes read but not yet acknowledged by the sink before the source pauses
+    /// (backpressure; in-flight records ≤ this × `max_records_per_pass`).
+    #[serde(default = "default_max_passes_in_flight")]
+    pub max_passes_in_flight: usize,
     /// Records (key + value) larger than this go to the dead-letter file.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
@@ -44,6 +48,9 @@ fn default_data_dir() -> PathBuf {
 fn default_max_records_per_pass() -> usize {
     10_000
 }
+fn default_max_passes_in_flight() -> usize {
+    4
+}
 fn default_max_record_bytes() -> usize {
     4 * 1024 * 1024
 }
@@ -61,6 +68,7 @@ impl Default for RuntimeConfig {
             data_dir: default_data_dir(),
             metrics_addr: None,
             max_records_per_pass: default_max_records_per_pass(),
+            max_passes_in_flight: default_max_passes_in_flight(),
             max_record_bytes: default_max_record_bytes(),
             embed_cache_entries: default_cache_entries(),
             optimize_interval_s: default_optimize_interval_s(),

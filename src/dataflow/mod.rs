@@ -109,6 +109,13 @@ pub enum StateOut {
     Tally(Tally),
     /// The table was truncated at this version (remembered across restarts).
     Truncated(crate::model::Version),
+    /// Change in the number of live documents and chunks the state holds.
+    Size {
+        /// Documents added minus removed.
+        documents: i64,
+        /// Chunks added minus removed.
+        chunks: i64,
+    },
 }
 
 /// The worker a routing hash lands on (mirrors timely's `Exchange` distribution).

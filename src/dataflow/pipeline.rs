@@ -1,9 +1,15 @@
 //! Build the pipeline's dataflow from a source stream:
 //! `routed records → doc_state (exchange by doc_id) → write_index (embed + sink, capability
 //! held until acknowledged) → probe` — the probe's frontier is the sink frontier.
+//! Beside it, the state's size changes form a differential collection whose `count_total`
+//! maintains the exact number of live documents and chunks the index converges to.
 
 use std::rc::Rc;
 
+use differential_dataflow::collection::AsCollection;
+use differential_dataflow::operators::CountTotal;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::Stream;
@@ -12,19 +18,62 @@ use timely::scheduling::SyncActivator;
 use crate::dataflow::operators::doc_state::{DocStateExt, InitialState};
 use crate::dataflow::operators::write_index::{Acked, IndexWriter, WriteIndexExt};
 use crate::dataflow::state::DocShape;
-use crate::dataflow::{Routed, Time};
+use crate::dataflow::{Routed, StateOut, Time};
 
-/// Assemble the operators after the source; returns the sink-frontier probe and the stream
-/// of acknowledged times.
+/// Which size a [`SizeObserver`] is told about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SizeKind {
+    /// Live documents.
+    Documents,
+    /// Their chunks (= points the index holds once caught up).
+    Chunks,
+}
+
+/// Receives the exact totals of the state's size as they change.
+pub type SizeObserver = std::sync::Arc<dyn Fn(SizeKind, i64) + Send + Sync>;
+
+/// Assemble the operators after the source; `sink_probe` then reads the sink frontier.
+/// Returns the stream of acknowledged times.
 pub fn build<'scope, W, F>(
     routed: Stream<'scope, Time, Vec<Routed>>,
     shape: Rc<DocShape>,
     initial: InitialState,
     make_writer: F,
-) -> (ProbeHandle<Time>, Stream<'scope, Time, Vec<Acked>>)
+    sink_probe: &ProbeHandle<Time>,
+    sizes: SizeObserver,
+) -> Stream<'scope, Time, Vec<Acked>>
 where
     W: IndexWriter,
     F: FnOnce(SyncActivator) -> W + 'static,
 {
-    routed.doc_state("DocState", shape, initial).write_index("WriteIndex", make_writer).probe()
+    let state = routed.doc_state("DocState", shape, initial);
+    state
+        .clone()
+        .unary::<timely::container::CapacityContainerBuilder<Vec<(u8, Time, isize)>>, _, _, _>(
+            Pipeline,
+            "StateSize",
+            |_cap, _info| {
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        let Some(time) = cap.least().copied() else { return };
+                        let mut session = output.session(&cap);
+                        for o in data.iter() {
+                            if let StateOut::Size { documents, chunks } = o {
+                                session.give((0u8, time, *documents as isize));
+                                session.give((1u8, time, *chunks as isize));
+                            }
+                        }
+                    });
+                }
+            },
+        )
+        .as_collection()
+        .count_total()
+        .inspect(move |((kind, total), _time, diff)| {
+            if *diff > 0 {
+                let kind = if *kind == 0 { SizeKind::Documents } else { SizeKind::Chunks };
+                sizes(kind, *total as i64);
+            }
+        });
+    state.write_index("WriteIndex", make_writer).probe_with(sink_probe)
 }

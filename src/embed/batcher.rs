@@ -118,10 +118,18 @@ impl EmbedService {
     /// to its vector or to the reason it can never be embedded.
     pub async fn embed(&self, items: Vec<(ContentHash, String)>) -> HashMap<ContentHash, Result<Vector, String>> {
         let mut receivers = Vec::with_capacity(items.len());
+        let mut ready = HashMap::new();
         for (hash, text) in items {
             let (tx, rx) = oneshot::channel();
+            // Check the cache under the in-flight lock: a batch caches its vectors before it
+            // releases its waiters, so a hash is either cached, in flight, or new here —
+            // never embedded twice.
             let first = match self.inflight.lock() {
                 Ok(mut g) => {
+                    if let Some(v) = self.cache.lock().ok().and_then(|mut c| c.get(&hash).cloned()) {
+                        ready.insert(hash, Ok(v));
+                        continue;
+                    }
                     let w = g.entry(hash).or_default();
                     w.push(tx);
                     w.len() == 1
@@ -136,7 +144,7 @@ impl EmbedService {
             }
             receivers.push((hash, rx));
         }
-        let mut out = HashMap::with_capacity(receivers.len());
+        let mut out = ready;
         for (hash, rx) in receivers {
             let r = rx.await.unwrap_or_else(|_| Err("embedding service stopped".into()));
             out.insert(hash, r);

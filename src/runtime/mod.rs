@@ -150,11 +150,14 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         pipeline_depth: 4,
     });
 
-    // Background index building, off the write path.
+    // Background index building (HNSW), off the write path: after writes, once the pipeline
+    // has been idle for a moment, or at the latest every `optimize_interval_s` while busy.
+    let activity = Arc::new(Activity::default());
     let optimizer_stop = Arc::new(AtomicBool::new(false));
     let optimizer = {
         let sink = Arc::clone(&sink);
         let stop = Arc::clone(&optimizer_stop);
+        let activity = Arc::clone(&activity);
         let every = Duration::from_secs(config.optimize_interval_s.max(1));
         std::thread::Builder::new()
             .name("freshet-optimize".into())
@@ -162,9 +165,17 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
                 let mut last = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
-                    if last.elapsed() >= every {
-                        if let Err(e) = sink.optimize() {
-                            tracing::warn!(error = %e, "background optimisation failed");
+                    let dirty = activity.written.load(Ordering::Relaxed) > activity.optimized.load(Ordering::Relaxed);
+                    let idle_ms = now_ms().saturating_sub(activity.last_busy_ms.load(Ordering::Relaxed));
+                    if dirty && (idle_ms >= 2_000 || last.elapsed() >= every) {
+                        let upto = activity.written.load(Ordering::Relaxed);
+                        let t = Instant::now();
+                        match sink.optimize() {
+                            Ok(()) => {
+                                activity.optimized.store(upto, Ordering::Relaxed);
+                                tracing::debug!(elapsed_ms = t.elapsed().as_millis() as u64, "index optimised");
+                            }
+                            Err(e) => tracing::warn!(error = %e, "background optimisation failed"),
                         }
                         last = Instant::now();
                     }
@@ -188,12 +199,14 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     let metrics_w = Arc::clone(&metrics);
     let progress_w = Arc::clone(&progress);
     let stop_w = Arc::clone(&stop);
+    let activity_w = Arc::clone(&activity);
     let file_opts = FileSourceOptions {
         path: source_path,
         key_separator: spec.source.key_separator.clone(),
         decode,
         max_records_per_pass: config.max_records_per_pass,
         until_end,
+        max_passes_in_flight: config.max_passes_in_flight,
     };
     let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
         let index = worker.index();
@@ -203,12 +216,27 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         let handle = handle.clone();
         let progress = Arc::clone(&progress_w);
         let opts = file_opts.clone();
-        let probe = worker.dataflow::<Time, _, _>(move |scope| {
-            let routed = file_source(scope, opts, progress);
-            let (probe, _acked) = crate::dataflow::pipeline::build(routed, shape, init, move |activator| {
-                RuntimeWriter::start(shared, &handle, activator)
-            });
-            probe
+        let metrics_s = Arc::clone(&metrics_w);
+        let sizes: crate::dataflow::pipeline::SizeObserver = Arc::new(move |kind, total| match kind {
+            crate::dataflow::pipeline::SizeKind::Documents => {
+                metrics_s.state_documents.set(total);
+            }
+            crate::dataflow::pipeline::SizeKind::Chunks => {
+                metrics_s.state_chunks.set(total);
+            }
+        });
+        let probe = timely::dataflow::operators::probe::Handle::<Time>::new();
+        let sink_probe = probe.clone();
+        worker.dataflow::<Time, _, _>(move |scope| {
+            let routed = file_source(scope, opts, progress, sink_probe.clone());
+            crate::dataflow::pipeline::build(
+                routed,
+                shape,
+                init,
+                move |activator| RuntimeWriter::start(shared, &handle, activator),
+                &sink_probe,
+                sizes,
+            );
         });
         let mut last_lag_update = Instant::now();
         loop {
@@ -218,14 +246,19 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
             worker.step_or_park(Some(Duration::from_millis(20)));
             if index == 0 && last_lag_update.elapsed() >= Duration::from_millis(100) {
                 last_lag_update = Instant::now();
-                update_lag(&metrics_w, &progress_w, probe.with_frontier(|f| f.first().copied()));
+                let pending = update_lag(&metrics_w, &progress_w, probe.with_frontier(|f| f.first().copied()));
+                let acked = metrics_w.totals().received;
+                if pending || acked != activity_w.written.load(Ordering::Relaxed) {
+                    activity_w.last_busy_ms.store(now_ms(), Ordering::Relaxed);
+                    activity_w.written.store(acked, Ordering::Relaxed);
+                }
             }
             if probe.done() {
                 break;
             }
         }
         if index == 0 {
-            update_lag(&metrics_w, &progress_w, None);
+            let _ = update_lag(&metrics_w, &progress_w, None);
         }
     })
     .map_err(RuntimeError::Dataflow)?;
@@ -246,22 +279,36 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     Ok(totals)
 }
 
+/// Whether the pipeline is working, for the background optimiser.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Last time work was pending (ms since epoch).
+    last_busy_ms: std::sync::atomic::AtomicU64,
+    /// Records acknowledged so far (a change counter).
+    written: std::sync::atomic::AtomicU64,
+    /// `written` as of the last optimisation.
+    optimized: std::sync::atomic::AtomicU64,
+}
+
 /// Frontier lag: now − sink frontier while work is pending (the source frontier is ahead of
-/// the sink frontier), 0 when caught up.
-fn update_lag(metrics: &Metrics, progress: &SourceProgress, sink_frontier: Option<Time>) {
+/// the sink frontier), 0 when caught up. Returns whether work is pending.
+fn update_lag(metrics: &Metrics, progress: &SourceProgress, sink_frontier: Option<Time>) -> bool {
     metrics.sync_received(progress.records.load(Ordering::Relaxed));
     let source = progress.frontier_ms.load(Ordering::Relaxed);
     metrics.source_frontier_ms.set(source as i64);
-    let lag = match sink_frontier {
+    let (lag, pending) = match sink_frontier {
         Some(sink) => {
             metrics.sink_frontier_ms.set(sink as i64);
-            if source > sink {
-                now_ms().saturating_sub(sink) as f64 / 1000.0
+            // The source stamps its next records at or after `source - 1`: a sink frontier
+            // below that means acknowledged work is outstanding.
+            if sink + 1 < source {
+                (now_ms().saturating_sub(sink) as f64 / 1000.0, true)
             } else {
-                0.0
+                (0.0, false)
             }
         }
-        None => 0.0,
+        None => (0.0, false),
     };
     metrics.frontier_lag_seconds.set(lag);
+    pending
 }

@@ -3,8 +3,12 @@
 //! and are durable when `apply` returns. HNSW indexes are built by [`VectorSink::optimize`],
 //! which the runtime calls from a background thread — never on the write path.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
+use std::time::Duration;
 
 use qdrant_edge::{
     Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParams, Filter, PayloadOps, PointId,
@@ -22,6 +26,28 @@ pub struct EmbeddedSink {
     shard: EdgeShard,
     dimension: usize,
     path: PathBuf,
+    /// Serialises writes and their flush (the engine's flush must not race an update).
+    write_lock: Mutex<()>,
+}
+
+thread_local! {
+    static IN_FLUSH: Cell<bool> = const { Cell::new(false) };
+}
+
+/// qdrant-edge 0.7.1 does not replay its WAL on load, so a write is durable only once the
+/// segments are flushed; its `flush()` panics (instead of waiting) when the background
+/// optimiser briefly holds the segment lock. We flush under `catch_unwind` and retry; this
+/// hook keeps those expected, recovered panics out of stderr.
+fn install_flush_panic_filter() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_FLUSH.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
 }
 
 impl std::fmt::Debug for EmbeddedSink {
@@ -79,7 +105,22 @@ impl EmbeddedSink {
             }
             shard
         };
-        Ok(Self { shard, dimension, path })
+        install_flush_panic_filter();
+        Ok(Self { shard, dimension, path, write_lock: Mutex::new(()) })
+    }
+
+    /// Make everything written so far durable (see [`install_flush_panic_filter`]).
+    fn flush(&self) -> Result<(), SinkError> {
+        for _ in 0..500 {
+            IN_FLUSH.with(|f| f.set(true));
+            let r = catch_unwind(AssertUnwindSafe(|| self.shard.flush()));
+            IN_FLUSH.with(|f| f.set(false));
+            if r.is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(SinkError::Transient("the engine stayed busy; could not flush".into()))
     }
 
     fn update(&self, op: UpdateOperation) -> Result<(), SinkError> {
@@ -93,39 +134,7 @@ impl EmbeddedSink {
         })
     }
 
-    fn filter_from(conditions: serde_json::Value) -> Result<Filter, SinkError> {
-        serde_json::from_value(conditions).map_err(|e| SinkError::Permanent(format!("bad filter: {e}")))
-    }
-}
-
-fn payload_of(m: &Metadata) -> qdrant_edge::Payload {
-    qdrant_edge::Payload(m.clone())
-}
-
-fn uuid_of(id: &PointId) -> Option<Uuid> {
-    match id {
-        PointId::Uuid(u) => Some(*u),
-        PointId::NumId(_) => None,
-    }
-}
-
-fn dense(v: Option<qdrant_edge::VectorStructInternal>) -> Option<Vec<f32>> {
-    match v? {
-        qdrant_edge::VectorStructInternal::Single(d) => Some(d),
-        qdrant_edge::VectorStructInternal::Named(mut m) => match m.remove("")? {
-            qdrant_edge::VectorInternal::Dense(d) => Some(d),
-            _ => None,
-        },
-        qdrant_edge::VectorStructInternal::MultiDense(_) => None,
-    }
-}
-
-impl VectorSink for EmbeddedSink {
-    fn dimension(&self) -> usize {
-        self.dimension
-    }
-
-    fn apply(&self, ops: Vec<SinkOp>) -> Result<(), SinkError> {
+    fn apply_locked(&self, ops: Vec<SinkOp>) -> Result<(), SinkError> {
         for op in ops {
             match op {
                 SinkOp::Upsert(points) => {
@@ -175,6 +184,45 @@ impl VectorSink for EmbeddedSink {
             }
         }
         Ok(())
+    }
+
+
+    fn filter_from(conditions: serde_json::Value) -> Result<Filter, SinkError> {
+        serde_json::from_value(conditions).map_err(|e| SinkError::Permanent(format!("bad filter: {e}")))
+    }
+}
+
+fn payload_of(m: &Metadata) -> qdrant_edge::Payload {
+    qdrant_edge::Payload(m.clone())
+}
+
+fn uuid_of(id: &PointId) -> Option<Uuid> {
+    match id {
+        PointId::Uuid(u) => Some(*u),
+        PointId::NumId(_) => None,
+    }
+}
+
+fn dense(v: Option<qdrant_edge::VectorStructInternal>) -> Option<Vec<f32>> {
+    match v? {
+        qdrant_edge::VectorStructInternal::Single(d) => Some(d),
+        qdrant_edge::VectorStructInternal::Named(mut m) => match m.remove("")? {
+            qdrant_edge::VectorInternal::Dense(d) => Some(d),
+            _ => None,
+        },
+        qdrant_edge::VectorStructInternal::MultiDense(_) => None,
+    }
+}
+
+impl VectorSink for EmbeddedSink {
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    fn apply(&self, ops: Vec<SinkOp>) -> Result<(), SinkError> {
+        let _guard = self.write_lock.lock().map_err(|_| SinkError::Transient("write lock poisoned".into()))?;
+        self.apply_locked(ops)?;
+        self.flush()
     }
 
     fn scroll(

@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
 use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::{Scope, Stream};
 
 use crate::dataflow::{Ingested, Routed, Time};
@@ -32,6 +35,9 @@ pub struct FileSourceOptions {
     pub max_records_per_pass: usize,
     /// Stop at end of file (else follow it).
     pub until_end: bool,
+    /// Passes read but not yet acknowledged by the sink before reading pauses
+    /// (backpressure: bounds the records held in the pipeline).
+    pub max_passes_in_flight: usize,
 }
 
 /// Progress shared with the runtime (for lag and the `received` counter).
@@ -119,11 +125,13 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The file source operator (see module docs). Only worker 0 reads.
+/// The file source operator (see module docs). Only worker 0 reads. `sink` is the sink
+/// frontier's probe: reading pauses while `max_passes_in_flight` passes are unacknowledged.
 pub fn file_source<'scope>(
     scope: Scope<'scope, Time>,
     opts: FileSourceOptions,
     progress: Arc<SourceProgress>,
+    sink: ProbeHandle<Time>,
 ) -> Stream<'scope, Time, Vec<Routed>> {
     let peers = scope.peers();
     let index = scope.index();
@@ -135,11 +143,20 @@ pub fn file_source<'scope>(
         let mut last_time: Time = 0;
         let mut buf = Vec::new();
         let mut failed = false;
+        let mut outstanding: VecDeque<Time> = VecDeque::new();
         move |output| {
             let Some(c) = cap.as_mut() else { return };
             if progress.stop.load(Ordering::Relaxed) || failed {
                 progress.finished.store(true, Ordering::Relaxed);
                 cap = None;
+                return;
+            }
+            while outstanding.front().is_some_and(|t| !sink.less_equal(t)) {
+                outstanding.pop_front();
+            }
+            if outstanding.len() >= opts.max_passes_in_flight.max(1) {
+                // Backpressure: wait for the sink to acknowledge earlier passes.
+                activator.activate_after(Duration::from_millis(5));
                 return;
             }
             if reader.is_none() {
@@ -187,6 +204,7 @@ pub fn file_source<'scope>(
             progress.records.fetch_add(read as u64, Ordering::Relaxed);
             if !routed.is_empty() {
                 output.session(&*c).give_iterator(routed.into_iter());
+                outstanding.push_back(time);
             }
             progress.frontier_ms.store(time + 1, Ordering::Relaxed);
             if eof {

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub source_frontier_ms: Gauge,
     /// Sink frontier (ms since epoch).
     pub sink_frontier_ms: Gauge,
+    /// Live documents in the state (exact, maintained by a differential count).
+    pub state_documents: Gauge,
+    /// Their chunks: the points the collection holds once caught up.
+    pub state_chunks: Gauge,
     totals: Mutex<Tally>,
     embedded_total: AtomicU64,
     batches_total: AtomicU64,
@@ -80,6 +84,10 @@ impl Metrics {
         let frontier_lag_seconds = Gauge::<f64, AtomicU64>::default();
         let source_frontier_ms = Gauge::default();
         let sink_frontier_ms = Gauge::default();
+        let state_documents = Gauge::default();
+        let state_chunks = Gauge::default();
+        registry.register("state_documents", "Live documents in the state (differential count)", state_documents.clone());
+        registry.register("state_chunks", "Chunks of the live documents (points once caught up)", state_chunks.clone());
         registry.register("events_received", "Records read from the source", received.clone());
         registry.register("events", "Acknowledged events by outcome", events.clone());
         registry.register("chunks_embedded", "Chunks sent to the embedder", chunks_embedded.clone());
@@ -106,6 +114,8 @@ impl Metrics {
             frontier_lag_seconds,
             source_frontier_ms,
             sink_frontier_ms,
+            state_documents,
+            state_chunks,
             totals: Mutex::new(Tally::default()),
             embedded_total: AtomicU64::new(0),
             batches_total: AtomicU64::new(0),

@@ -47,11 +47,20 @@ pub trait DocStateExt<'scope> {
 
 impl<'scope> DocStateExt<'scope> for Stream<'scope, Time, Vec<Routed>> {
     fn doc_state(self, name: &str, shape: Rc<DocShape>, initial: InitialState) -> Stream<'scope, Time, Vec<StateOut>> {
-        self.unary_frontier(Exchange::new(|r: &Routed| r.target), name, move |_cap, _info| {
+        self.unary_frontier(Exchange::new(|r: &Routed| r.target), name, move |cap, _info| {
             let mut docs = initial.docs;
             let mut truncated_at = initial.truncated_at;
             let mut stash: BTreeMap<Time, (Capability<Time>, Vec<Routed>)> = BTreeMap::new();
+            let mut initial_cap = Some(cap);
             move |(input, frontier), output| {
+                if let Some(cap) = initial_cap.take() {
+                    // The state this worker starts from, for the size collection.
+                    let live = docs.values().filter(|s| s.live);
+                    let (documents, chunks) = live.fold((0i64, 0i64), |(d, c), s| (d + 1, c + s.chunks.len() as i64));
+                    if documents > 0 {
+                        output.session(&cap).give(StateOut::Size { documents, chunks });
+                    }
+                }
                 input.for_each_stamp(|cap, data| {
                     let Some(time) = cap.least().copied() else { return };
                     let Some(retained) = cap.retain_least(output.output_index()) else { return };
@@ -111,6 +120,7 @@ pub fn process_time(
             }
         }
     }
+    let mut size_delta = (0i64, 0i64);
     let mut touched: Vec<DocId> = by_doc.keys().map(|d| (*d).clone()).collect();
     if !truncates.is_empty() {
         let max_t = truncates.iter().map(|t| t.1).max();
@@ -161,6 +171,10 @@ pub fn process_time(
         if let Some(w) = diff(shape, &doc_id, before.as_ref(), cur.as_ref(), &pending) {
             out.push(StateOut::Write(w));
         }
+        let size = |s: Option<&DocState>| s.filter(|s| s.live).map_or((0i64, 0i64), |s| (1, s.chunks.len() as i64));
+        let (b, a) = (size(before.as_ref()), size(cur.as_ref()));
+        size_delta.0 += a.0 - b.0;
+        size_delta.1 += a.1 - b.1;
         match cur {
             Some(s) => {
                 docs.insert(doc_id, s);
@@ -173,6 +187,9 @@ pub fn process_time(
     if let Some(t) = truncates.iter().map(|t| t.1).max() {
         *truncated_at = Some(truncated_at.map_or(t, |x| x.max(t)));
         out.push(StateOut::Truncated(t));
+    }
+    if size_delta != (0, 0) {
+        out.push(StateOut::Size { documents: size_delta.0, chunks: size_delta.1 });
     }
     out.push(StateOut::Tally(tally));
     out

@@ -98,6 +98,7 @@ impl<'scope> WriteIndexExt<'scope> for Stream<'scope, Time, Vec<StateOut>> {
                                 StateOut::Write(w) => entry.1.writes.push(w),
                                 StateOut::Dead(d) => entry.1.dead.push(d),
                                 StateOut::Tally(t) => entry.1.tally.add(&t),
+                                StateOut::Size { .. } => {}
                                 StateOut::Truncated(v) => {
                                     entry.1.truncated_at = Some(entry.1.truncated_at.map_or(v, |x| x.max(v)));
                                 }
