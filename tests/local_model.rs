@@ -166,19 +166,26 @@ fn throughput() {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let mean_tokens =
             refs.iter().map(|t| m.count_tokens(t)).sum::<usize>() as f64 / refs.len() as f64;
-        m.embed(&refs).expect("warm-up");
-        let rounds = 5;
-        let start = Instant::now();
-        for _ in 0..rounds {
-            m.embed(&refs).expect("embed");
+        for call_texts in [32, 8] {
+            let run = || {
+                for call in refs.chunks(call_texts) {
+                    m.embed(call).expect("embed");
+                }
+            };
+            run(); // warm-up
+            let rounds = 5;
+            let start = Instant::now();
+            for _ in 0..rounds {
+                run();
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let texts_per_s = (rounds * refs.len()) as f64 / secs;
+            println!(
+                "32 texts × ~{target_tokens} tokens (mean {mean_tokens:.0}) in calls of \
+                 {call_texts}: {texts_per_s:.1} texts/s, {:.0} tokens/s, {:.0} ms per 32",
+                texts_per_s * mean_tokens,
+                secs * 1000.0 / rounds as f64
+            );
         }
-        let secs = start.elapsed().as_secs_f64();
-        let texts_per_s = (rounds * refs.len()) as f64 / secs;
-        println!(
-            "batch 32 × ~{target_tokens} tokens (mean {mean_tokens:.0}): {texts_per_s:.1} texts/s, \
-             {:.0} tokens/s, {:.0} ms/batch",
-            texts_per_s * mean_tokens,
-            secs * 1000.0 / rounds as f64
-        );
     }
 }

@@ -146,3 +146,34 @@ fn malformed_input_is_dead_lettered_with_reasons_and_counters_reconcile() {
         .collect();
     assert_eq!(docs, ["1", "8"].iter().map(|s| s.to_string()).collect());
 }
+
+#[test]
+fn a_missing_input_file_fails_the_run_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("does-not-exist.jsonl");
+    let dataflow = test_dataflow(dir.path(), &input);
+    let config = test_config(dir.path(), 1);
+    let out = freshet()
+        .args(["run", "--until-end", "--dataflow"])
+        .arg(&dataflow)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does-not-exist.jsonl"), "{err}");
+}
+
+#[test]
+fn unknown_config_keys_are_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let dataflow = test_dataflow(dir.path(), &input);
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "workers = 1\nwokers = 2\n").unwrap();
+    let out = freshet().args(["run", "--until-end", "--dataflow"]).arg(&dataflow).arg("--config").arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wokers"));
+}

@@ -73,6 +73,8 @@ fn writes_payload_merges_deletes_and_reopen() {
 
     let reopened = EmbeddedSink::open(dir.path(), "c", 4).unwrap();
     assert_eq!(reopened.count().unwrap(), 15);
+    let busy = EmbeddedSink::open(dir.path(), "c", 4).unwrap_err();
+    assert!(busy.to_string().contains("another freshet process"), "{busy}");
     drop(reopened);
     assert!(EmbeddedSink::open(dir.path(), "c", 8).is_err_and(|e| !e.is_transient()));
 }

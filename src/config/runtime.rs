@@ -34,7 +34,8 @@ pub struct RuntimeConfig {
     /// Vectors kept in the in-memory embedding cache (keyed by model and content hash).
     #[serde(default = "default_cache_entries")]
     pub embed_cache_entries: usize,
-    /// Seconds between background index optimisations (HNSW build) of the embedded engine.
+    /// The embedded engine builds its HNSW index in the background once the pipeline has
+    /// been idle for 2 s after writes, and at the latest every this many seconds while busy.
     #[serde(default = "default_optimize_interval_s")]
     pub optimize_interval_s: u64,
 }
@@ -58,7 +59,7 @@ fn default_cache_entries() -> usize {
     20_000
 }
 fn default_optimize_interval_s() -> u64 {
-    30
+    600
 }
 
 impl Default for RuntimeConfig {

@@ -5,9 +5,16 @@
 //!
 //! Weights come from `scripts/setup-model` (a directory with `model.safetensors`,
 //! `tokenizer.json` and `config.json`). A call to [`Embedder::embed`] may be arbitrarily
-//! large: texts are sorted by token length and run in sub-batches (at most
-//! [`MAX_SUB_BATCH_TEXTS`] texts and [`MAX_SUB_BATCH_PADDED_TOKENS`] padded tokens each), each
-//! padded only to its own longest text, and the vectors come back in input order.
+//! large: texts are sorted by token length and run in sub-batches, each padded only to its
+//! own longest text, and the vectors come back in input order.
+//!
+//! Sub-batches are bounded so that no intermediate tensor exceeds ~25 MB (see
+//! [`MAX_SUB_BATCH_PADDED_TOKENS`], [`MAX_SUB_BATCH_ATTENTION_CELLS`]): glibc serves larger
+//! allocations with fresh `mmap`s, and candle allocates a new buffer per operation, so bigger
+//! batches spend a quarter of their time in the kernel zeroing pages and run slower, not
+//! faster. Setting
+//! `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295` for the
+//! process roughly doubles throughput on top (measured; see the report in `tests/local_model.rs`).
 
 use std::path::Path;
 
@@ -27,9 +34,13 @@ pub const MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
 /// Most texts in one forward pass.
 pub const MAX_SUB_BATCH_TEXTS: usize = 64;
 
-/// Most padded tokens (texts × longest text) in one forward pass. Bounds the attention
-/// scores (`texts × heads × len²` floats): 32 × 256-token texts ≈ 100 MB per intermediate.
-pub const MAX_SUB_BATCH_PADDED_TOKENS: usize = 8192;
+/// Most padded tokens (texts × longest text) in one forward pass: the feed-forward
+/// activations are `tokens × 1536` floats (25 MB at 4096).
+pub const MAX_SUB_BATCH_PADDED_TOKENS: usize = 4096;
+
+/// Most attention cells (texts × longest text²) in one forward pass: the attention scores are
+/// `cells × 12 heads` floats (25 MB at 2¹⁹, i.e. 8 texts of 256 tokens or 32 of 128).
+pub const MAX_SUB_BATCH_ATTENTION_CELLS: usize = 1 << 19;
 
 /// all-MiniLM-L6-v2 on the CPU (see module docs). Cheap to share: `embed` takes `&self`
 /// and the type is `Send + Sync`; concurrent calls share the model weights.
@@ -161,6 +172,13 @@ impl LocalMiniLm {
     }
 }
 
+/// Whether `texts` texts padded to `len` tokens stay within the sub-batch bounds.
+fn fits(texts: usize, len: usize) -> bool {
+    texts <= MAX_SUB_BATCH_TEXTS
+        && texts * len <= MAX_SUB_BATCH_PADDED_TOKENS
+        && texts * len * len <= MAX_SUB_BATCH_ATTENTION_CELLS
+}
+
 impl Embedder for LocalMiniLm {
     fn model_id(&self) -> &str {
         MODEL_ID
@@ -197,10 +215,7 @@ impl Embedder for LocalMiniLm {
         while start < order.len() {
             // Sorted ascending, so the last text taken is the longest: grow while it fits.
             let mut end = start + 1;
-            while end < order.len()
-                && end - start < MAX_SUB_BATCH_TEXTS
-                && (end - start + 1) * encodings[order[end]].len() <= MAX_SUB_BATCH_PADDED_TOKENS
-            {
+            while end < order.len() && fits(end - start + 1, encodings[order[end]].len()) {
                 end += 1;
             }
             let mut batch: Vec<Encoding> =

@@ -51,6 +51,9 @@ pub enum RuntimeError {
         /// Why it failed.
         source: std::io::Error,
     },
+    /// The source failed (the counters cover what was read before).
+    #[error("source: {0}")]
+    Source(String),
     /// Timely failed to start or a worker panicked.
     #[error("dataflow: {0}")]
     Dataflow(String),
@@ -265,7 +268,11 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     for r in guards.join() {
         r.map_err(RuntimeError::Dataflow)?;
     }
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "everything acknowledged");
     optimizer_stop.store(true, Ordering::Relaxed);
+    if !optimizer.is_finished() {
+        tracing::info!("waiting for a background index build to finish");
+    }
     let _ = optimizer.join();
     let totals = metrics.totals();
     tracing::info!(
@@ -276,6 +283,9 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         "pipeline finished"
     );
     drop(rt);
+    if let Some(e) = progress.error.lock().ok().and_then(|g| g.clone()) {
+        return Err(RuntimeError::Source(e));
+    }
     Ok(totals)
 }
 

@@ -28,6 +28,8 @@ pub struct EmbeddedSink {
     path: PathBuf,
     /// Serialises writes and their flush (the engine's flush must not race an update).
     write_lock: Mutex<()>,
+    /// Exclusive lock on the collection directory: one process at a time.
+    _dir_lock: std::fs::File,
 }
 
 thread_local! {
@@ -71,6 +73,19 @@ impl EmbeddedSink {
     /// dimension.
     pub fn open(data_dir: &Path, collection: &str, dimension: usize) -> Result<Self, SinkError> {
         let path = collection_dir(data_dir, collection);
+        std::fs::create_dir_all(&path).map_err(transient)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join("freshet.lock"))
+            .map_err(transient)?;
+        if lock.try_lock().is_err() {
+            return Err(SinkError::Permanent(format!(
+                "collection `{collection}` at {} is open in another freshet process (stop it first)",
+                path.display()
+            )));
+        }
         let exists = path.join("edge_config.json").exists();
         let shard = if exists {
             let shard = EdgeShard::load(&path, None).map_err(transient)?;
@@ -84,7 +99,6 @@ impl EmbeddedSink {
             }
             shard
         } else {
-            std::fs::create_dir_all(&path).map_err(transient)?;
             let params = EdgeVectorParams {
                 size: dimension,
                 distance: Distance::Cosine,
@@ -106,7 +120,7 @@ impl EmbeddedSink {
             shard
         };
         install_flush_panic_filter();
-        Ok(Self { shard, dimension, path, write_lock: Mutex::new(()) })
+        Ok(Self { shard, dimension, path, write_lock: Mutex::new(()), _dir_lock: lock })
     }
 
     /// Make everything written so far durable (see [`install_flush_panic_filter`]).

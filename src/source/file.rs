@@ -53,6 +53,8 @@ pub struct SourceProgress {
     pub finished: AtomicBool,
     /// Set to ask the reader to stop.
     pub stop: AtomicBool,
+    /// Why the reader gave up, if it did (the run then fails).
+    pub error: std::sync::Mutex<Option<String>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -164,6 +166,9 @@ pub fn file_source<'scope>(
                     Ok(f) => reader = Some(BufReader::with_capacity(1 << 20, f)),
                     Err(e) => {
                         tracing::error!(path = %opts.path.display(), error = %e, "cannot open the input file");
+                        if let Ok(mut g) = progress.error.lock() {
+                            *g = Some(format!("cannot open the input file {}: {e}", opts.path.display()));
+                        }
                         failed = true;
                         activator.activate();
                         return;
@@ -194,6 +199,9 @@ pub fn file_source<'scope>(
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "reading the input file failed");
+                            if let Ok(mut g) = progress.error.lock() {
+                                *g = Some(format!("reading the input file {} failed: {e}", opts.path.display()));
+                            }
                             eof = true;
                             failed = true;
                             break;
