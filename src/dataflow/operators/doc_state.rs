@@ -29,17 +29,20 @@ pub trait DocStateExt<'scope> {
     /// Fold routed records into per-document state and emit the writes they require.
     ///
     /// ```
-    /// use timely::dataflow::operators::{ToStream, Capture, capture::Extract};
+    /// use timely::dataflow::operators::{ToStream, Capture, capture::Event};
     /// use freshet::dataflow::operators::doc_state::{DocStateExt, InitialState};
     /// use freshet::dataflow::{Ingested, Routed, StateOut};
-    /// # let spec = freshet::config::DataflowSpec::example_for_tests();
-    /// let shape = std::rc::Rc::new(freshet::dataflow::state::DocShape::new(&spec));
     /// let out = timely::example(move |scope| {
+    ///     let spec = freshet::config::DataflowSpec::example_for_tests();
+    ///     let shape = std::rc::Rc::new(freshet::dataflow::state::DocShape::new(&spec));
     ///     let skipped = Routed { target: 0, counted: true,
     ///         item: Ingested::Skipped { position: 1, kind: "heartbeat".into() } };
     ///     vec![skipped].to_stream(scope).doc_state("DocState", shape, InitialState::default()).capture()
     /// });
-    /// let tallies: Vec<StateOut> = out.extract().into_iter().flat_map(|(_, d)| d).collect();
+    /// let tallies: Vec<StateOut> = out
+    ///     .try_iter()
+    ///     .flat_map(|e| match e { Event::Messages(_, d) => d, _ => Vec::new() })
+    ///     .collect();
     /// assert!(matches!(tallies[0], StateOut::Tally(t) if t.noop == 1 && t.received == 1));
     /// ```
     fn doc_state(self, name: &str, shape: Rc<DocShape>, initial: InitialState) -> Stream<'scope, Time, Vec<StateOut>>;

@@ -51,7 +51,7 @@ pub trait WriteIndexExt<'scope> {
     /// wakes this operator when acknowledgements arrive).
     ///
     /// ```
-    /// use timely::dataflow::operators::{ToStream, Capture, capture::Extract};
+    /// use timely::dataflow::operators::{ToStream, Capture, capture::Event};
     /// use freshet::dataflow::operators::write_index::{Acked, IndexWriter, WriteBatch, WriteIndexExt};
     /// use freshet::dataflow::{StateOut, Tally, Time};
     /// struct Immediate(Vec<Acked>);
@@ -65,7 +65,10 @@ pub trait WriteIndexExt<'scope> {
     ///         .write_index("WriteIndex", |_activator| Immediate(Vec::new()))
     ///         .capture()
     /// });
-    /// let acked: Vec<Acked> = out.extract().into_iter().flat_map(|(_, d)| d).collect();
+    /// let acked: Vec<Acked> = out
+    ///     .try_iter()
+    ///     .flat_map(|e| match e { Event::Messages(_, d) => d, _ => Vec::new() })
+    ///     .collect();
     /// assert_eq!(acked.len(), 1);
     /// assert_eq!(acked[0].tally.received, 1);
     /// ```
