@@ -15,6 +15,10 @@ use freshet::embed::Embedder;
 use freshet::runtime::{run, RunOptions};
 use freshet::workload::{write_files, Plan};
 
+/// The same allocator as the `freshet` binary (see src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -50,22 +54,44 @@ fn main() {
             model.embed(&refs).expect("embed");
         }
         let secs = start.elapsed().as_secs_f64();
-        println!("model alone, ~{target} tokens: {:.1} texts/s, {:.0} tokens/s ({n} texts, batch 32)", n as f64 / secs, tokens as f64 / secs);
+        println!(
+            "model alone, ~{target} tokens: {:.1} texts/s, {:.0} tokens/s ({n} texts, batch 32)",
+            n as f64 / secs,
+            tokens as f64 / secs
+        );
     }
 
     let docs = arg("--docs", 150);
     let tmp = tempfile::tempdir().expect("tempdir");
     let input = tmp.path().join("snapshot.jsonl");
-    write_files(&input, Some(&tmp.path().join("changes.jsonl")), &Plan { docs, edits: 0, flips: 0, deletes: 0, seed: 3 }).expect("workload");
+    write_files(
+        &input,
+        Some(&tmp.path().join("changes.jsonl")),
+        &Plan { docs, edits: 0, flips: 0, deletes: 0, seed: 3 },
+    )
+    .expect("workload");
     let mut spec = DataflowSpec::load(std::path::Path::new("dataflows/articles.toml")).expect("dataflow");
     spec.embedder.kind = EmbedderKind::LocalMinilm;
     spec.source.path = Some(input);
+    let collection = spec.sink.collection.clone();
     let config = RuntimeConfig { workers: 1, data_dir: tmp.path().join("data"), ..RuntimeConfig::default() };
+    let data_dir = config.data_dir.clone();
     let start = Instant::now();
-    let totals = run(RunOptions { dataflow: spec, config, until_end: true }, Arc::new(AtomicBool::new(false))).expect("run");
+    let totals =
+        run(RunOptions { dataflow: spec, config, until_end: true }, Arc::new(AtomicBool::new(false))).expect("run");
     let secs = start.elapsed().as_secs_f64();
+    // Tokens the model saw: every indexed chunk (all were embedded once), truncated at 256.
+    let sink = freshet::sink::embedded::EmbeddedSink::open(&data_dir, &collection, 384).expect("open");
+    let mut tokens = 0usize;
+    freshet::sink::VectorSink::scroll(&sink, false, 1024, &mut |page| {
+        for p in page {
+            tokens += model.count_tokens(p.payload.get("text").and_then(|t| t.as_str()).unwrap_or("")).min(256);
+        }
+    })
+    .expect("scroll");
     println!(
-        "inside the pipeline: {} chunks in {:.1}s = {:.1} texts/s ({} batches, {} documents, whole run incl. startup)",
-        totals.chunks_embedded, secs, totals.chunks_embedded as f64 / secs, totals.embed_batches, docs
+        "inside the pipeline: {} chunks ({} tokens, {:.0} per chunk) in {:.1}s = {:.1} texts/s, {:.0} tokens/s ({} batches, {} documents, whole run incl. start-up)",
+        totals.chunks_embedded, tokens, tokens as f64 / totals.chunks_embedded.max(1) as f64, secs,
+        totals.chunks_embedded as f64 / secs, tokens as f64 / secs, totals.embed_batches, docs
     );
 }

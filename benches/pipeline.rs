@@ -12,15 +12,13 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use freshet::config::{DataflowSpec, EmbedderKind, RuntimeConfig};
 use freshet::dataflow::operators::doc_state::process_time;
 use freshet::dataflow::state::DocShape;
 use freshet::dataflow::Routed;
-use freshet::runtime::{run, RunOptions};
 use freshet::source::decode::DecodeSpec;
 use freshet::workload::{write_files, Plan};
 
@@ -46,13 +44,6 @@ static A: Counting = Counting;
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn status_kb(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
 }
 
 fn main() {
@@ -82,7 +73,12 @@ fn main() {
 
     // 1. State memory per indexed chunk (the per-document state alone).
     let shape = DocShape::new(&spec);
-    let decode = DecodeSpec { id_fields: spec.document.id.clone(), version_field: spec.document.version.clone(), table: None, max_record_bytes: 1 << 22 };
+    let decode = DecodeSpec {
+        id_fields: spec.document.id.clone(),
+        version_field: spec.document.version.clone(),
+        table: None,
+        max_record_bytes: 1 << 22,
+    };
     let lines = std::fs::read(&snap).expect("read");
     let mut routed = Vec::new();
     for (i, l) in lines.split(|b| *b == b'\n').enumerate() {
@@ -103,42 +99,69 @@ fn main() {
     let state_bytes = with_state - LIVE.load(Ordering::Relaxed);
     println!(
         "state: {} documents, {} chunks, {} bytes of state = {:.1} bytes per indexed chunk",
-        n_docs, chunks, state_bytes, state_bytes as f64 / chunks.max(1) as f64
+        n_docs,
+        chunks,
+        state_bytes,
+        state_bytes as f64 / chunks.max(1) as f64
     );
     if std::env::args().any(|a| a == "--state-only") {
         return;
     }
 
-    // 2. End to end.
-    // The background HNSW build is measured separately below, so that it does not share
-    // the two cores with the pipeline being measured.
-    let config = RuntimeConfig {
-        workers,
-        data_dir: dir.path().join("data"),
-        optimize_interval_s: 1_000_000,
-        ..RuntimeConfig::default()
-    };
+    // 2. End to end: `freshet run --until-end --embedder hash` as a child process, so that its
+    // peak resident memory is the pipeline's own (polled from /proc while it runs). The
+    // background HNSW build is measured separately below, so that it does not share the two
+    // cores with the pipeline being measured.
+    let data_dir = dir.path().join("data");
+    let config_path = dir.path().join("bench.toml");
+    std::fs::write(
+        &config_path,
+        format!("workers = {workers}\ndata_dir = \"{}\"\noptimize_interval_s = 1000000\n", data_dir.display()),
+    )
+    .expect("config");
     for (phase, input) in [("snapshot", &snap), ("changes", &changes)] {
-        let mut s = spec.clone();
-        s.source.path = Some(input.clone());
         let t = Instant::now();
-        let totals = run(RunOptions { dataflow: s, config: config.clone(), until_end: true }, Arc::new(AtomicBool::new(false)))
-            .expect("run");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_freshet"))
+            .args(["run", "--until-end", "--embedder", "hash", "--dataflow", "dataflows/articles.toml", "--config"])
+            .arg(&config_path)
+            .arg("--input")
+            .arg(input)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn freshet");
+        let status_path = format!("/proc/{}/status", child.id());
+        let mut peak_kb = 0u64;
+        while child.try_wait().expect("wait").is_none() {
+            if let Ok(st) = std::fs::read_to_string(&status_path) {
+                if let Some(kb) =
+                    st.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                {
+                    peak_kb = peak_kb.max(kb);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let secs = t.elapsed().as_secs_f64();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out).expect("read");
+        let totals: serde_json::Value = serde_json::from_str(out.lines().last().expect("summary")).expect("json");
+        let received = totals["received"].as_f64().unwrap_or(0.0);
         println!(
-            "{phase}: {} events in {:.1}s = {:.0} events/s ({} workers); chunks embedded {}, points upserted {}, payload updates {}, deleted {}",
-            totals.received, secs, totals.received as f64 / secs, workers, totals.chunks_embedded,
-            totals.points_upserted, totals.points_payload_updated, totals.points_deleted
+            "{phase}: {received} events in {secs:.1}s = {:.0} events/s ({workers} workers, whole process incl. start-up); \
+             chunks embedded {}, points upserted {}, payload updates {}, deleted {}; peak RSS {} MiB",
+            received / secs,
+            totals["chunks_embedded"], totals["points_upserted"], totals["points_payload_updated"], totals["points_deleted"],
+            peak_kb / 1024
         );
     }
-    println!("peak resident memory of the pipeline: {} MiB (VmHWM)", status_kb("VmHWM:") / 1024);
+    let config = RuntimeConfig { data_dir, ..RuntimeConfig::default() };
     let sink = freshet::sink::embedded::EmbeddedSink::open(&config.data_dir, &spec.sink.collection, 384).expect("open");
     let t = Instant::now();
     freshet::sink::VectorSink::optimize(&sink).expect("optimize");
     println!(
-        "HNSW build of the final collection ({} points): {:.1}s; peak resident memory incl. the build: {} MiB",
+        "HNSW build of the final collection ({} points, 384 dims, 2 cores): {:.1}s",
         freshet::sink::VectorSink::count(&sink).unwrap_or(0),
         t.elapsed().as_secs_f64(),
-        status_kb("VmHWM:") / 1024
     );
 }

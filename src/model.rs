@@ -206,12 +206,7 @@ pub fn chunk_payload(
 }
 
 /// The payload keys a payload-only update sets (merged into the existing payload).
-pub fn update_payload(
-    metadata: &Metadata,
-    version: Version,
-    model_id: &str,
-    text_field_hashes: &[u64],
-) -> Metadata {
+pub fn update_payload(metadata: &Metadata, version: Version, model_id: &str, text_field_hashes: &[u64]) -> Metadata {
     let mut p = metadata.clone();
     p.insert(keys::SOURCE_VERSION.into(), version.into());
     p.insert(keys::MODEL_ID.into(), model_id.into());

@@ -40,37 +40,115 @@ struct Topic {
 const TOPICS: &[Topic] = &[
     Topic {
         name: "rivers",
-        nouns: &["river", "delta", "floodplain", "tributary", "sediment", "estuary", "current", "dam", "watershed", "riverbank", "meander", "salmon run"],
+        nouns: &[
+            "river",
+            "delta",
+            "floodplain",
+            "tributary",
+            "sediment",
+            "estuary",
+            "current",
+            "dam",
+            "watershed",
+            "riverbank",
+            "meander",
+            "salmon run",
+        ],
         verbs: &["carves", "floods", "drains", "nourishes", "reshapes", "feeds", "erodes", "carries"],
         adjs: &["muddy", "seasonal", "braided", "glacial", "slow", "swollen", "ancient", "shallow"],
     },
     Topic {
         name: "databases",
-        nouns: &["index", "transaction", "query planner", "write-ahead log", "replica", "table", "snapshot", "vacuum", "primary key", "checkpoint", "buffer pool", "lock"],
+        nouns: &[
+            "index",
+            "transaction",
+            "query planner",
+            "write-ahead log",
+            "replica",
+            "table",
+            "snapshot",
+            "vacuum",
+            "primary key",
+            "checkpoint",
+            "buffer pool",
+            "lock",
+        ],
         verbs: &["commits", "replicates", "scans", "rewrites", "isolates", "flushes", "partitions", "compacts"],
         adjs: &["durable", "consistent", "concurrent", "logical", "stale", "hot", "serializable", "sharded"],
     },
     Topic {
         name: "astronomy",
-        nouns: &["telescope", "nebula", "comet", "orbit", "galaxy", "eclipse", "exoplanet", "supernova", "star cluster", "moon", "meteor shower", "observatory"],
+        nouns: &[
+            "telescope",
+            "nebula",
+            "comet",
+            "orbit",
+            "galaxy",
+            "eclipse",
+            "exoplanet",
+            "supernova",
+            "star cluster",
+            "moon",
+            "meteor shower",
+            "observatory",
+        ],
         verbs: &["orbits", "collapses", "illuminates", "drifts", "emits", "eclipses", "reflects", "bends"],
         adjs: &["distant", "faint", "luminous", "red", "spiral", "icy", "massive", "eccentric"],
     },
     Topic {
         name: "cooking",
-        nouns: &["sourdough", "broth", "skillet", "spice blend", "dough", "caramel", "marinade", "oven", "herb garden", "stock pot", "pastry", "ferment"],
+        nouns: &[
+            "sourdough",
+            "broth",
+            "skillet",
+            "spice blend",
+            "dough",
+            "caramel",
+            "marinade",
+            "oven",
+            "herb garden",
+            "stock pot",
+            "pastry",
+            "ferment",
+        ],
         verbs: &["simmers", "browns", "rises", "thickens", "seasons", "roasts", "proofs", "reduces"],
         adjs: &["crisp", "savory", "tender", "smoky", "golden", "tangy", "buttery", "slow-cooked"],
     },
     Topic {
         name: "gardening",
-        nouns: &["compost", "seedling", "trellis", "mulch", "rose bush", "raised bed", "pollinator", "tomato vine", "greenhouse", "root system", "hedge", "orchard"],
+        nouns: &[
+            "compost",
+            "seedling",
+            "trellis",
+            "mulch",
+            "rose bush",
+            "raised bed",
+            "pollinator",
+            "tomato vine",
+            "greenhouse",
+            "root system",
+            "hedge",
+            "orchard",
+        ],
         verbs: &["sprouts", "blooms", "spreads", "shelters", "climbs", "wilts", "flourishes", "attracts"],
         adjs: &["fertile", "shaded", "perennial", "drought-tolerant", "leafy", "overgrown", "sunny", "organic"],
     },
     Topic {
         name: "railways",
-        nouns: &["locomotive", "timetable", "signal box", "platform", "freight train", "viaduct", "sleeper car", "junction", "gauge", "depot", "conductor", "tunnel"],
+        nouns: &[
+            "locomotive",
+            "timetable",
+            "signal box",
+            "platform",
+            "freight train",
+            "viaduct",
+            "sleeper car",
+            "junction",
+            "gauge",
+            "depot",
+            "conductor",
+            "tunnel",
+        ],
         verbs: &["departs", "shunts", "crosses", "connects", "delays", "hauls", "switches", "brakes"],
         adjs: &["narrow-gauge", "electric", "overnight", "punctual", "steam-powered", "regional", "crowded", "scenic"],
     },
@@ -85,7 +163,8 @@ counting puffins and storm petrels from the lantern room every autumn dawn.";
 
 fn sentence(rng: &mut ChaCha8Rng, t: &Topic) -> String {
     let pick = |rng: &mut ChaCha8Rng, xs: &'static [&'static str]| *xs.choose(rng).unwrap_or(&"thing");
-    let (a1, n1, v, a2, n2) = (pick(rng, t.adjs), pick(rng, t.nouns), pick(rng, t.verbs), pick(rng, t.adjs), pick(rng, t.nouns));
+    let (a1, n1, v, a2, n2) =
+        (pick(rng, t.adjs), pick(rng, t.nouns), pick(rng, t.verbs), pick(rng, t.adjs), pick(rng, t.nouns));
     match rng.random_range(0..4) {
         0 => format!("The {a1} {n1} {v} the {a2} {n2}."),
         1 => format!("Every {n1} {v} a {a2} {n2}, which is why the {a1} ones matter."),
@@ -179,11 +258,18 @@ pub fn generate(plan: &Plan) -> (Vec<String>, Vec<String>) {
     let mut em = Emitter { lsn: 24_000_000, ts_ms: 1_767_225_600_000, tx: 700, lines: Vec::new() };
     let mut arts: Vec<Article> = (1..=plan.docs as u64).map(|id| new_article(&mut rng, id, em.ts_ms)).collect();
     for a in &arts {
-        let snap = if a.id == 1 { "first" } else if a.id as usize == plan.docs { "last" } else { "true" };
+        let snap = if a.id == 1 {
+            "first"
+        } else if a.id as usize == plan.docs {
+            "last"
+        } else {
+            "true"
+        };
         em.event("r", Value::Null, a.row(), snap);
     }
     let snapshot = std::mem::take(&mut em.lines);
-    let key_only = |id: u64| json!({"article_id": id, "title": "", "body": "", "lang": "", "status": "", "updated_at": 0});
+    let key_only =
+        |id: u64| json!({"article_id": id, "title": "", "body": "", "lang": "", "status": "", "updated_at": 0});
     if plan.docs >= 3 {
         arts[0].paragraphs.push(DEMO_PARAGRAPH.to_string());
         arts[0].updated_at = em.ts_ms;

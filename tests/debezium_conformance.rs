@@ -184,13 +184,7 @@ fn samples_dir() -> PathBuf {
 fn files_in(dir: &Path) -> Vec<String> {
     let mut files: Vec<String> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .map(|entry| {
-            entry
-                .expect("directory entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|entry| entry.expect("directory entry").file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
     files
@@ -200,24 +194,13 @@ fn files_in(dir: &Path) -> Vec<String> {
 fn every_sample_file_is_covered() {
     let dir = samples_dir();
     let files = files_in(&dir);
-    let uncovered: Vec<&String> = files
-        .iter()
-        .filter(|f| !SAMPLES.iter().any(|s| s.file == f.as_str()))
-        .collect();
+    let uncovered: Vec<&String> = files.iter().filter(|f| !SAMPLES.iter().any(|s| s.file == f.as_str())).collect();
     assert!(
         uncovered.is_empty(),
         "sample files without a check in SAMPLES (tests/debezium_conformance.rs): {uncovered:?}"
     );
-    let missing: Vec<&str> = SAMPLES
-        .iter()
-        .map(|s| s.file)
-        .filter(|f| !files.iter().any(|g| g == f))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "SAMPLES lists files not in {}: {missing:?}",
-        dir.display()
-    );
+    let missing: Vec<&str> = SAMPLES.iter().map(|s| s.file).filter(|f| !files.iter().any(|g| g == f)).collect();
+    assert!(missing.is_empty(), "SAMPLES lists files not in {}: {missing:?}", dir.display());
     let mut names: Vec<&str> = SAMPLES.iter().map(|s| s.file).collect();
     names.sort_unstable();
     names.dedup();
@@ -234,28 +217,17 @@ fn every_sample_decodes_as_expected() {
             failures.push(format!("{}: cannot be read", sample.file));
             continue;
         };
-        let ctx = Ctx {
-            dir: dir.clone(),
-            bytes,
-        };
+        let ctx = Ctx { dir: dir.clone(), bytes };
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (sample.check)(&ctx))) {
             let why = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                 .unwrap_or_default();
-            failures.push(format!(
-                "{} (asserts: {}): {why}",
-                sample.file, sample.asserts
-            ));
+            failures.push(format!("{} (asserts: {}): {why}", sample.file, sample.asserts));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} sample(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} sample(s) failed:\n{}", failures.len(), failures.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -271,21 +243,13 @@ fn spec(ids: &[&str]) -> DecodeSpec {
 }
 
 fn spec_for_table(ids: &[&str], table: &str) -> DecodeSpec {
-    DecodeSpec {
-        table: Some(table.to_owned()),
-        ..spec(ids)
-    }
+    DecodeSpec { table: Some(table.to_owned()), ..spec(ids) }
 }
 
 #[track_caller]
 fn decode(spec: &DecodeSpec, key: Option<&str>, value: &str, position: u64) -> Decoded {
-    decode_debezium_json(
-        spec,
-        key.map(str::as_bytes),
-        Some(value.as_bytes()),
-        position,
-    )
-    .unwrap_or_else(|e| panic!("decode failed ({}): {e}", e.kind.as_str()))
+    decode_debezium_json(spec, key.map(str::as_bytes), Some(value.as_bytes()), position)
+        .unwrap_or_else(|e| panic!("decode failed ({}): {e}", e.kind.as_str()))
 }
 
 #[track_caller]
@@ -313,31 +277,19 @@ fn doc(decoded: &Decoded) -> &DocChange {
 
 /// An upsert of `id` at `version` committed at `commit`, holding `fields`.
 #[track_caller]
-fn assert_upsert(
-    decoded: &Decoded,
-    id: &str,
-    version: u64,
-    commit: Option<u64>,
-    fields: &[(&str, Value)],
-) {
+fn assert_upsert(decoded: &Decoded, id: &str, version: u64, commit: Option<u64>, fields: &[(&str, Value)]) {
     let change = doc(decoded);
     assert_eq!(change.doc_id, DocId(id.to_owned()));
     assert_eq!(change.version, version, "version of {id}");
     assert_eq!(change.commit_ts_ms, commit, "commit_ts_ms of {id}");
-    let ChangeOp::Upsert(row) = &change.op else {
-        panic!("expected an upsert of {id}, got {:?}", change.op)
-    };
+    let ChangeOp::Upsert(row) = &change.op else { panic!("expected an upsert of {id}, got {:?}", change.op) };
     assert_fields(row, fields);
 }
 
 #[track_caller]
 fn assert_fields(row: &Row, fields: &[(&str, Value)]) {
     for (column, expected) in fields {
-        assert_eq!(
-            row.get(*column),
-            Some(&FieldValue::Value(expected.clone())),
-            "column `{column}`"
-        );
+        assert_eq!(row.get(*column), Some(&FieldValue::Value(expected.clone())), "column `{column}`");
     }
 }
 
@@ -352,10 +304,7 @@ fn assert_delete(decoded: &Decoded, id: &str, version: u64, commit: Option<u64>)
 
 /// The lines of a line-per-event file, without blank and `#` comment lines.
 fn event_lines(text: &str) -> Vec<&str> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect()
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
 }
 
 /// The raw text of each JSON value in `text`, values separated by whitespace only.
@@ -416,10 +365,7 @@ fn repair_docs_snippet(text: &str) -> String {
 #[track_caller]
 fn repaired_snippet(ctx: &Ctx) -> String {
     let err = assert_rejected(ctx.text(), DecodeErrorKind::InvalidJson);
-    assert!(
-        err.message.starts_with("the value is not valid JSON"),
-        "{err}"
-    );
+    assert!(err.message.starts_with("the value is not valid JSON"), "{err}");
     let repaired = repair_docs_snippet(ctx.text());
     serde_json::from_str::<Value>(&repaired)
         .unwrap_or_else(|e| panic!("repaired snippet is still not JSON ({e}):\n{repaired}"));
@@ -437,50 +383,31 @@ fn check_prose(ctx: &Ctx) {
 fn check_avsc(ctx: &Ctx) {
     let err = assert_rejected(ctx.text(), DecodeErrorKind::NotDebezium);
     assert!(err.message.contains("no `op` field"), "{err}");
-    assert!(
-        err.message.contains("type, name, namespace, fields"),
-        "{err}"
-    );
+    assert!(err.message.contains("type, name, namespace, fields"), "{err}");
 }
 
 fn check_avro_bin(ctx: &Ctx) {
     assert_eq!(ctx.bytes.len(), 160);
-    assert_eq!(
-        ctx.bytes[..5],
-        [0, 0, 0, 0, 6],
-        "Confluent magic byte + schema id 6"
-    );
+    assert_eq!(ctx.bytes[..5], [0, 0, 0, 0, 6], "Confluent magic byte + schema id 6");
     let err = decode_err(&spec(&["id"]), None, &ctx.bytes);
     assert_eq!(err.kind, DecodeErrorKind::InvalidUtf8, "{err}");
 }
 
 fn check_avro_hex(ctx: &Ctx) {
-    let bin = std::fs::read(
-        ctx.dir
-            .join("avro-confluent-wire-format.debezium-mysql-2.1.2.bin"),
-    )
-    .expect("the .bin next to the .hex.txt");
+    let bin = std::fs::read(ctx.dir.join("avro-confluent-wire-format.debezium-mysql-2.1.2.bin"))
+        .expect("the .bin next to the .hex.txt");
     assert_eq!(hex::decode(ctx.text().trim()).expect("hex"), bin);
     assert_rejected(ctx.text(), DecodeErrorKind::InvalidJson);
 }
 
 fn check_avro_decoded(ctx: &Ctx) {
     let file: Value = serde_json::from_str(ctx.text()).expect("JSON");
-    assert_eq!(
-        (file["magic_byte"].as_u64(), file["schema_id"].as_u64()),
-        (Some(0), Some(6))
-    );
+    assert_eq!((file["magic_byte"].as_u64(), file["schema_id"].as_u64()), (Some(0), Some(6)));
     assert_rejected(ctx.text(), DecodeErrorKind::NotDebezium);
     let envelope = file["decoded_value"].to_string();
-    let expected = [
-        ("first_name", json!("Sally")),
-        ("last_name", json!("Thomas")),
-        ("email", json!("sally.thomas@acme.com")),
-    ];
-    for spec in [
-        spec(&["id"]),
-        spec_for_table(&["id"], "inventory.customers"),
-    ] {
+    let expected =
+        [("first_name", json!("Sally")), ("last_name", json!("Thomas")), ("email", json!("sally.thomas@acme.com"))];
+    for spec in [spec(&["id"]), spec_for_table(&["id"], "inventory.customers")] {
         let decoded = decode(&spec, None, &envelope, POS);
         assert_upsert(&decoded, "1001", POS, Some(1676303732000), &expected);
     }
@@ -489,21 +416,12 @@ fn check_avro_decoded(ctx: &Ctx) {
 fn check_heartbeat(ctx: &Ctx) {
     let lines = event_lines(ctx.text());
     let [key, with_schema, without_schema] = lines[..] else {
-        panic!(
-            "expected key, value with schema, value without schema; got {} lines",
-            lines.len()
-        )
+        panic!("expected key, value with schema, value without schema; got {} lines", lines.len())
     };
     for spec in [spec(&["id"]), spec_for_table(&["id"], "public.customers")] {
         for value in [with_schema, without_schema] {
-            assert_eq!(
-                decode(&spec, Some(key), value, POS),
-                Decoded::Skip(SkipKind::Heartbeat)
-            );
-            assert_eq!(
-                decode(&spec, None, value, POS),
-                Decoded::Skip(SkipKind::Heartbeat)
-            );
+            assert_eq!(decode(&spec, Some(key), value, POS), Decoded::Skip(SkipKind::Heartbeat));
+            assert_eq!(decode(&spec, None, value, POS), Decoded::Skip(SkipKind::Heartbeat));
         }
     }
 }
@@ -515,31 +433,18 @@ fn check_mysql_010_create(ctx: &Ctx) {
         ("last_name", json!("Kretchmar")),
         ("email", json!("annek@noanswer.org")),
     ];
-    for spec in [
-        spec(&["id"]),
-        spec_for_table(&["id"], "inventory.customers"),
-        spec_for_table(&["id"], "customers"),
-    ] {
+    for spec in [spec(&["id"]), spec_for_table(&["id"], "inventory.customers"), spec_for_table(&["id"], "customers")] {
         let decoded = decode(&spec, None, ctx.text(), POS);
         // source.ts_ms is 0 in these fixtures: the envelope's ts_ms stands in.
         assert_upsert(&decoded, "1004", POS, Some(1465491411815), &expected);
     }
     let other = spec_for_table(&["id"], "orders");
-    assert_eq!(
-        decode(&other, None, ctx.text(), POS),
-        Decoded::Skip(SkipKind::OtherTable)
-    );
+    assert_eq!(decode(&other, None, ctx.text(), POS), Decoded::Skip(SkipKind::OtherTable));
 }
 
 fn check_mysql_010_update(ctx: &Ctx) {
     let decoded = decode(&spec(&["id"]), None, ctx.text(), POS);
-    assert_upsert(
-        &decoded,
-        "1004",
-        POS,
-        Some(1465491411815),
-        &[("first_name", json!("Anne"))],
-    );
+    assert_upsert(&decoded, "1004", POS, Some(1465491411815), &[("first_name", json!("Anne"))]);
 }
 
 fn check_mysql_301(ctx: &Ctx) {
@@ -547,23 +452,14 @@ fn check_mysql_301(ctx: &Ctx) {
     assert_eq!(lines.len(), 2);
     let s = spec_for_table(&["id"], "inventory.customers");
     let read = decode(&s, None, lines[0], 1);
-    assert_upsert(
-        &read,
-        "1004",
-        1,
-        Some(1731327511000),
-        &[("first_name", json!("Anne"))],
-    );
+    assert_upsert(&read, "1004", 1, Some(1731327511000), &[("first_name", json!("Anne"))]);
     let update = decode(&s, None, lines[1], 2);
     assert_upsert(
         &update,
         "1001",
         2,
         Some(1731327659000),
-        &[
-            ("first_name", json!("Sarah")),
-            ("email", json!("sally.thomas@acme.com")),
-        ],
+        &[("first_name", json!("Sarah")), ("email", json!("sally.thomas@acme.com"))],
     );
 }
 
@@ -581,49 +477,30 @@ fn check_pg_213_rows(values: &[String]) {
     for (n, (value, (id, first_name, commit))) in values.iter().zip(expected).enumerate() {
         let decoded = decode(&s, None, value, n as u64 + 1);
         // One snapshot transaction: every row has the same lsn.
-        assert_upsert(
-            &decoded,
-            id,
-            33816576,
-            Some(commit),
-            &[("first_name", json!(first_name))],
-        );
+        assert_upsert(&decoded, id, 33816576, Some(commit), &[("first_name", json!(first_name))]);
     }
 }
 
 fn check_pg_213_camel(ctx: &Ctx) {
     let fragments = event_lines(ctx.text());
     for fragment in &fragments {
-        assert!(fragment.starts_with(
-            ",\"optional\":false,\"name\":\"dbserver1.inventory.customers.Envelope\"}"
-        ));
+        assert!(fragment.starts_with(",\"optional\":false,\"name\":\"dbserver1.inventory.customers.Envelope\"}"));
         assert_rejected(fragment, DecodeErrorKind::InvalidJson);
     }
     // The logger cut off the schema head; restoring an (empty) head makes each line a
     // complete {"schema":…,"payload":…} value again.
-    let repaired: Vec<String> = fragments
-        .iter()
-        .map(|f| format!("{{\"schema\":{{\"type\":\"struct\"{f}"))
-        .collect();
+    let repaired: Vec<String> = fragments.iter().map(|f| format!("{{\"schema\":{{\"type\":\"struct\"{f}")).collect();
     check_pg_213_rows(&repaired);
 }
 
 fn check_pg_213_payloads(ctx: &Ctx) {
-    let lines: Vec<String> = event_lines(ctx.text())
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let lines: Vec<String> = event_lines(ctx.text()).into_iter().map(str::to_owned).collect();
     check_pg_213_rows(&lines);
 }
 
 #[track_caller]
 fn check_pg_214_value(value: &str) {
-    let decoded = decode(
-        &spec_for_table(&["id"], "inventory.customers"),
-        None,
-        value,
-        POS,
-    );
+    let decoded = decode(&spec_for_table(&["id"], "inventory.customers"), None, value, POS);
     assert_upsert(
         &decoded,
         "1005",
@@ -645,21 +522,12 @@ fn check_pg_214_readme(ctx: &Ctx) {
 
 fn check_pg_221_avro_console(ctx: &Ctx) {
     let err = assert_rejected(ctx.text(), DecodeErrorKind::NotDebezium);
-    assert!(
-        err.message
-            .starts_with("`source.lsn` is wrapped in an Avro union branch `long`"),
-        "{err}"
-    );
-    let no_version = DecodeSpec {
-        version_field: None,
-        ..spec(&["id"])
-    };
+    assert!(err.message.starts_with("`source.lsn` is wrapped in an Avro union branch `long`"), "{err}");
+    let no_version = DecodeSpec { version_field: None, ..spec(&["id"]) };
     let err = decode_err(&no_version, None, ctx.text().as_bytes());
     assert_eq!(err.kind, DecodeErrorKind::NotDebezium);
     assert!(
-        err.message.starts_with(
-            "`after` is wrapped in an Avro union branch `pgsource..public.movies.Value`"
-        ),
+        err.message.starts_with("`after` is wrapped in an Avro union branch `pgsource..public.movies.Value`"),
         "{err}"
     );
 }
@@ -668,22 +536,11 @@ fn check_pg_254_delete_tombstone(ctx: &Ctx) {
     let lines = event_lines(ctx.text());
     assert_eq!(lines.len(), 2);
     let s = spec_for_table(&["order_id"], "public.orders");
-    assert_delete(
-        &decode(&s, None, lines[0], 1),
-        "5",
-        26846600,
-        Some(1767859856577),
-    );
+    assert_delete(&decode(&s, None, lines[0], 1), "5", 26846600, Some(1767859856577));
     assert_eq!(lines[1], "null");
-    assert_eq!(
-        decode(&s, None, lines[1], 2),
-        Decoded::Skip(SkipKind::Tombstone)
-    );
+    assert_eq!(decode(&s, None, lines[1], 2), Decoded::Skip(SkipKind::Tombstone));
     let key = br#"{"order_id":5}"#;
-    assert_eq!(
-        decode_debezium_json(&s, Some(key), None, 2),
-        Ok(Decoded::Skip(SkipKind::Tombstone))
-    );
+    assert_eq!(decode_debezium_json(&s, Some(key), None, 2), Ok(Decoded::Skip(SkipKind::Tombstone)));
 }
 
 fn check_pg_254_rrduc(ctx: &Ctx) {
@@ -691,36 +548,12 @@ fn check_pg_254_rrduc(ctx: &Ctx) {
     assert_eq!(lines.len(), 5);
     let s = spec_for_table(&["id"], "customers");
     let d = |n: usize| decode(&s, None, lines[n], n as u64 + 1);
-    assert_upsert(
-        &d(0),
-        "1",
-        22401960,
-        Some(1720271497008),
-        &[("first_name", json!("John"))],
-    );
-    assert_upsert(
-        &d(1),
-        "2",
-        22401960,
-        Some(1720271497008),
-        &[("first_name", json!("Jane"))],
-    );
+    assert_upsert(&d(0), "1", 22401960, Some(1720271497008), &[("first_name", json!("John"))]);
+    assert_upsert(&d(1), "2", 22401960, Some(1720271497008), &[("first_name", json!("Jane"))]);
     // before = {"id":1,"first_name":"",…}: only the id is read.
     assert_delete(&d(2), "1", 22402288, Some(1720271727393));
-    assert_upsert(
-        &d(3),
-        "2",
-        22402608,
-        Some(1720271832655),
-        &[("first_name", json!("Mary"))],
-    );
-    assert_upsert(
-        &d(4),
-        "3",
-        22403152,
-        Some(1720271920769),
-        &[("first_name", json!("XXX"))],
-    );
+    assert_upsert(&d(3), "2", 22402608, Some(1720271832655), &[("first_name", json!("Mary"))]);
+    assert_upsert(&d(4), "3", 22403152, Some(1720271920769), &[("first_name", json!("XXX"))]);
 }
 
 fn check_pg_271_c_u(ctx: &Ctx) {
@@ -728,34 +561,16 @@ fn check_pg_271_c_u(ctx: &Ctx) {
     assert_eq!(lines.len(), 2);
     let s = spec_for_table(&["id"], "public.persons");
     let create = decode(&s, None, lines[0], 1);
-    assert_upsert(
-        &create,
-        "2",
-        23043920,
-        Some(1764100127886),
-        &[("name", json!("Paul")), ("age", json!(25))],
-    );
+    assert_upsert(&create, "2", 23043920, Some(1764100127886), &[("name", json!("Paul")), ("age", json!(25))]);
     let update = decode(&s, None, lines[1], 2);
-    assert_upsert(
-        &update,
-        "1",
-        23044320,
-        Some(1764100127887),
-        &[("name", json!("Tom")), ("age", json!(30))],
-    );
+    assert_upsert(&update, "1", 23044320, Some(1764100127887), &[("name", json!("Tom")), ("age", json!(30))]);
 }
 
 #[track_caller]
 fn check_pg_271_key_value(key: &str, value: &str) {
     let s = spec_for_table(&["id"], "persons");
     let decoded = decode(&s, Some(key), value, POS);
-    assert_upsert(
-        &decoded,
-        "1",
-        23043592,
-        Some(1764099880079),
-        &[("name", json!("John")), ("age", json!(30))],
-    );
+    assert_upsert(&decoded, "1", 23043592, Some(1764099880079), &[("name", json!("John")), ("age", json!(30))]);
     let err = assert_rejected(key, DecodeErrorKind::NotDebezium);
     assert!(err.message.contains("top-level fields: id"), "{err}");
 }
@@ -767,56 +582,30 @@ fn check_pg_271_pretty(ctx: &Ctx) {
 
 fn check_pg_271_captured(ctx: &Ctx) {
     let values = json_values(ctx.text());
-    let [key, value] = values[..] else {
-        panic!("expected key and value, got {}", values.len())
-    };
+    let [key, value] = values[..] else { panic!("expected key and value, got {}", values.len()) };
     check_pg_271_key_value(key, value);
 }
 
 #[allow(clippy::approx_constant)] // the product weight 3.14 in the sample, not π
 fn check_pg_330_abridged(ctx: &Ctx) {
-    let decoded = decode(
-        &spec_for_table(&["id"], "inventory.products"),
-        None,
-        ctx.text(),
-        POS,
-    );
-    assert_upsert(
-        &decoded,
-        "101",
-        POS,
-        Some(1678901234000),
-        &[("name", json!("scooter")), ("weight", json!(3.14))],
-    );
+    let decoded = decode(&spec_for_table(&["id"], "inventory.products"), None, ctx.text(), POS);
+    assert_upsert(&decoded, "101", POS, Some(1678901234000), &[("name", json!("scooter")), ("weight", json!(3.14))]);
 }
 
 fn check_docs_create(ctx: &Ctx) {
-    let decoded = decode(
-        &spec_for_table(&["id"], "public.customers"),
-        None,
-        ctx.text(),
-        POS,
-    );
+    let decoded = decode(&spec_for_table(&["id"], "public.customers"), None, ctx.text(), POS);
     assert_upsert(
         &decoded,
         "1",
         24023128,
         Some(1559033904863),
-        &[
-            ("first_name", json!("Anne")),
-            ("email", json!("annek@noanswer.org")),
-        ],
+        &[("first_name", json!("Anne")), ("email", json!("annek@noanswer.org"))],
     );
 }
 
 fn check_docs_delete(ctx: &Ctx) {
     let value = repaired_snippet(ctx);
-    let decoded = decode(
-        &spec_for_table(&["id"], "public.customers"),
-        None,
-        &value,
-        POS,
-    );
+    let decoded = decode(&spec_for_table(&["id"], "public.customers"), None, &value, POS);
     assert_delete(&decoded, "1", 46523128, Some(1559033904863));
 }
 
@@ -825,7 +614,8 @@ fn check_docs_key(ctx: &Ctx) {
     let err = assert_rejected(&key, DecodeErrorKind::NotDebezium);
     assert!(err.message.contains("no `op` field"), "{err}");
     // A delete whose `before` is null (REPLICA IDENTITY NOTHING) takes its id from the key.
-    let delete = r#"{"before":null,"after":null,"source":{"schema":"public","table":"customers","lsn":7,"ts_ms":5},"op":"d"}"#;
+    let delete =
+        r#"{"before":null,"after":null,"source":{"schema":"public","table":"customers","lsn":7,"ts_ms":5},"op":"d"}"#;
     let decoded = decode(&spec(&["id"]), Some(&key), delete, POS);
     assert_delete(&decoded, "1", 7, Some(5));
 }
@@ -835,10 +625,7 @@ fn check_docs_message_nontx(ctx: &Ctx) {
     // The docs example never closes `message`: close the outer object.
     value.push('}');
     for spec in [spec(&["id"]), spec_for_table(&["id"], "public.customers")] {
-        assert_eq!(
-            decode(&spec, None, &value, POS),
-            Decoded::Skip(SkipKind::Message)
-        );
+        assert_eq!(decode(&spec, None, &value, POS), Decoded::Skip(SkipKind::Message));
     }
 }
 
@@ -855,23 +642,14 @@ fn repaired_snippet_unbalanced(ctx: &Ctx) -> String {
 fn check_docs_message_tx(ctx: &Ctx) {
     let value = repaired_snippet(ctx);
     for spec in [spec(&["id"]), spec_for_table(&["id"], "public.customers")] {
-        assert_eq!(
-            decode(&spec, None, &value, POS),
-            Decoded::Skip(SkipKind::Message)
-        );
+        assert_eq!(decode(&spec, None, &value, POS), Decoded::Skip(SkipKind::Message));
     }
 }
 
 fn check_docs_transaction_block(ctx: &Ctx) {
     let value = repaired_snippet(ctx);
     let decoded = decode(&spec(&["pk"]), None, &value, POS);
-    assert_upsert(
-        &decoded,
-        "2",
-        POS,
-        Some(1580390884335),
-        &[("aa", json!("1"))],
-    );
+    assert_upsert(&decoded, "2", POS, Some(1580390884335), &[("aa", json!("1"))]);
     let filtered = spec_for_table(&["pk"], "public.a");
     let err = decode_err(&filtered, None, value.as_bytes());
     assert_eq!(err.kind, DecodeErrorKind::NotDebezium);
@@ -883,28 +661,19 @@ fn check_docs_begin_end(ctx: &Ctx) {
     let values = json_values(ctx.text());
     assert_eq!(values.len(), 2);
     for value in values {
-        assert_eq!(
-            decode(&spec(&["id"]), None, value, POS),
-            Decoded::Skip(SkipKind::TransactionMetadata)
-        );
+        assert_eq!(decode(&spec(&["id"]), None, value, POS), Decoded::Skip(SkipKind::TransactionMetadata));
     }
 }
 
 fn check_docs_truncate(ctx: &Ctx) {
     let value = repaired_snippet(ctx);
-    let truncate = Decoded::Record(SourceRecord::Truncate {
-        version: 46523128,
-        position: POS,
-        commit_ts_ms: Some(1559033904863),
-    });
+    let truncate =
+        Decoded::Record(SourceRecord::Truncate { version: 46523128, position: POS, commit_ts_ms: Some(1559033904863) });
     for spec in [spec(&["id"]), spec_for_table(&["id"], "public.customers")] {
         assert_eq!(decode(&spec, None, &value, POS), truncate);
     }
     let other = spec_for_table(&["id"], "public.orders");
-    assert_eq!(
-        decode(&other, None, &value, POS),
-        Decoded::Skip(SkipKind::OtherTable)
-    );
+    assert_eq!(decode(&other, None, &value, POS), Decoded::Skip(SkipKind::OtherTable));
 }
 
 fn check_docs_update(ctx: &Ctx) {
@@ -915,10 +684,7 @@ fn check_docs_update(ctx: &Ctx) {
         "1",
         24023128,
         Some(1559033904863),
-        &[
-            ("first_name", json!("Anne Marie")),
-            ("last_name", json!("Kretchmar")),
-        ],
+        &[("first_name", json!("Anne Marie")), ("last_name", json!("Kretchmar"))],
     );
 }
 
@@ -926,9 +692,6 @@ fn check_risingwave_tx(ctx: &Ctx) {
     let lines = event_lines(ctx.text());
     assert_eq!(lines.len(), 2);
     for (n, line) in lines.iter().enumerate() {
-        assert_eq!(
-            decode(&spec(&["id"]), None, line, n as u64 + 1),
-            Decoded::Skip(SkipKind::TransactionMetadata)
-        );
+        assert_eq!(decode(&spec(&["id"]), None, line, n as u64 + 1), Decoded::Skip(SkipKind::TransactionMetadata));
     }
 }

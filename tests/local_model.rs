@@ -1,7 +1,8 @@
 //! Integration tests for the `local-minilm` embedder against the real all-MiniLM-L6-v2
 //! weights. Needs `scripts/setup-model` (or `FRESHET_MODEL_DIR`); fails loudly without them.
 //!
-//! `cargo test --test local_model -- --ignored --nocapture throughput` prints texts/s.
+//! `cargo test --test local_model -- --ignored --nocapture throughput` prints texts/s (the
+//! machine should be otherwise idle; see `src/embed/local.rs` for `GLIBC_TUNABLES`).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -11,9 +12,9 @@ use freshet::embed::local::LocalMiniLm;
 use freshet::embed::Embedder;
 
 fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("FRESHET_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2")
-    });
+    let dir = std::env::var_os("FRESHET_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"));
     assert!(
         dir.join("model.safetensors").is_file(),
         "no model at {}: run scripts/setup-model (or set FRESHET_MODEL_DIR)",
@@ -69,10 +70,7 @@ fn words(words: usize, seed: usize) -> String {
         "mountain",
         "lovely",
     ];
-    (0..words)
-        .map(|i| VOCAB[(i * 7 + seed * 13 + i / 5) % VOCAB.len()])
-        .collect::<Vec<_>>()
-        .join(" ")
+    (0..words).map(|i| VOCAB[(i * 7 + seed * 13 + i / 5) % VOCAB.len()]).collect::<Vec<_>>().join(" ")
 }
 
 #[test]
@@ -89,8 +87,7 @@ fn metadata() {
 /// The model card's sentence-transformers quick-start similarities.
 #[test]
 fn reproduces_the_published_quick_start() {
-    let sentences =
-        ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."];
+    let sentences = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."];
     let v = model().embed(&sentences).expect("embed");
     assert_eq!(v.len(), 3);
     for x in &v {
@@ -101,10 +98,7 @@ fn reproduces_the_published_quick_start() {
     for (i, j, expected) in [(0, 1, 0.6660_f32), (0, 2, 0.1046), (1, 2, 0.1411)] {
         let got = cosine(&v[i], &v[j]);
         println!("similarity {i} vs {j}: {got:.5} (published {expected})");
-        assert!(
-            (got - expected).abs() < 0.0005,
-            "similarity {i} vs {j}: got {got:.4}, expected {expected}"
-        );
+        assert!((got - expected).abs() < 0.0005, "similarity {i} vs {j}: got {got:.4}, expected {expected}");
     }
 }
 
@@ -164,28 +158,20 @@ fn throughput() {
             })
             .collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let mean_tokens =
-            refs.iter().map(|t| m.count_tokens(t)).sum::<usize>() as f64 / refs.len() as f64;
-        for call_texts in [32, 8] {
-            let run = || {
-                for call in refs.chunks(call_texts) {
-                    m.embed(call).expect("embed");
-                }
-            };
-            run(); // warm-up
-            let rounds = 5;
-            let start = Instant::now();
-            for _ in 0..rounds {
-                run();
-            }
-            let secs = start.elapsed().as_secs_f64();
-            let texts_per_s = (rounds * refs.len()) as f64 / secs;
-            println!(
-                "32 texts × ~{target_tokens} tokens (mean {mean_tokens:.0}) in calls of \
-                 {call_texts}: {texts_per_s:.1} texts/s, {:.0} tokens/s, {:.0} ms per 32",
-                texts_per_s * mean_tokens,
-                secs * 1000.0 / rounds as f64
-            );
+        let mean_tokens = refs.iter().map(|t| m.count_tokens(t)).sum::<usize>() as f64 / refs.len() as f64;
+        m.embed(&refs).expect("warm-up");
+        let rounds = 5;
+        let start = Instant::now();
+        for _ in 0..rounds {
+            m.embed(&refs).expect("embed");
         }
+        let secs = start.elapsed().as_secs_f64();
+        let texts_per_s = (rounds * refs.len()) as f64 / secs;
+        println!(
+            "batch of 32 × ~{target_tokens} tokens (mean {mean_tokens:.0}): {texts_per_s:.1} \
+             texts/s, {:.0} tokens/s, {:.0} ms per batch",
+            texts_per_s * mean_tokens,
+            secs * 1000.0 / rounds as f64
+        );
     }
 }

@@ -13,7 +13,11 @@ use support::*;
 
 fn counters_reconcile(s: &serde_json::Value) {
     let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("summary lacks {k}: {s}"));
-    assert_eq!(n("received"), n("applied") + n("superseded") + n("noop") + n("dead_lettered"), "counters do not reconcile: {s}");
+    assert_eq!(
+        n("received"),
+        n("applied") + n("superseded") + n("noop") + n("dead_lettered"),
+        "counters do not reconcile: {s}"
+    );
 }
 
 fn spec_of(dataflow: &std::path::Path) -> freshet::config::DataflowSpec {
@@ -60,8 +64,12 @@ fn same_export_with_1_2_and_4_workers() {
         let summary = run_until_end(&dataflow, &config, &[]);
         counters_reconcile(&summary);
         let embedded = summary["chunks_embedded"].as_u64().unwrap() as usize;
-        assert!(embedded >= expected.final_hashes.len() && embedded <= expected.applied_hashes.len(),
-            "{workers} workers embedded {embedded}, expected between {} and {}", expected.final_hashes.len(), expected.applied_hashes.len());
+        assert!(
+            embedded >= expected.final_hashes.len() && embedded <= expected.applied_hashes.len(),
+            "{workers} workers embedded {embedded}, expected between {} and {}",
+            expected.final_hashes.len(),
+            expected.applied_hashes.len()
+        );
         let e = export(&dataflow, &config, true);
         assert_export_matches(&e, &expected.export);
         exports.push(e);
@@ -99,7 +107,13 @@ fn malformed_input_is_dead_lettered_with_reasons_and_counters_reconcile() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
     let good = |id: u64, lsn: u64| Ev::Upsert {
-        row: Row { id, title: format!("Doc {id}"), body: "A body.\n\nAnother paragraph.".into(), lang: "en".into(), status: "draft".into() },
+        row: Row {
+            id,
+            title: format!("Doc {id}"),
+            body: "A body.\n\nAnother paragraph.".into(),
+            lang: "en".into(),
+            status: "draft".into(),
+        },
         lsn,
         toast_body: false,
     };
@@ -142,7 +156,9 @@ fn malformed_input_is_dead_lettered_with_reasons_and_counters_reconcile() {
     let exported = export(&dataflow, &config, false);
     let docs: std::collections::BTreeSet<String> = exported
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"]["doc_id"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"]["doc_id"].as_str().unwrap().to_string()
+        })
         .collect();
     assert_eq!(docs, ["1", "8"].iter().map(|s| s.to_string()).collect());
 }
@@ -173,7 +189,13 @@ fn unknown_config_keys_are_errors_naming_the_key() {
     let dataflow = test_dataflow(dir.path(), &input);
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "workers = 1\nwokers = 2\n").unwrap();
-    let out = freshet().args(["run", "--until-end", "--dataflow"]).arg(&dataflow).arg("--config").arg(&config).output().unwrap();
+    let out = freshet()
+        .args(["run", "--until-end", "--dataflow"])
+        .arg(&dataflow)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wokers"));
 }

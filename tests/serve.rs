@@ -20,7 +20,9 @@ fn get_metrics(port: u16) -> Option<String> {
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(name) && !l.starts_with('#')).and_then(|l| l.split_whitespace().last()?.parse().ok())
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
 }
 
 #[test]
@@ -32,8 +34,14 @@ fn followed_input_serves_metrics_and_stops_on_sigterm() {
     let dataflow = test_dataflow(dir.path(), &input);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = dir.path().join("serve.toml");
-    std::fs::write(&config, format!("workers = 2\ndata_dir = \"{}\"\nmetrics_addr = \"127.0.0.1:{port}\"\n", dir.path().join("data").display()))
-        .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "workers = 2\ndata_dir = \"{}\"\nmetrics_addr = \"127.0.0.1:{port}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
     let child = freshet()
         .args(["run", "--dataflow"])
         .arg(&dataflow)
@@ -73,7 +81,8 @@ fn followed_input_serves_metrics_and_stops_on_sigterm() {
     wait_for(&|m| metric(m, "freshet_events_received_total") == Some(history.len() as f64));
     // The differential count of the state's size equals what the index must hold.
     let expected = oracle(&freshet::config::DataflowSpec::load(&dataflow).unwrap(), &history, "freshet/hash-16", 16);
-    let docs: std::collections::BTreeSet<&str> = expected.export.iter().map(|p| p["payload"]["doc_id"].as_str().unwrap()).collect();
+    let docs: std::collections::BTreeSet<&str> =
+        expected.export.iter().map(|p| p["payload"]["doc_id"].as_str().unwrap()).collect();
     wait_for(&|m| {
         metric(m, "freshet_state_chunks") == Some(expected.export.len() as f64)
             && metric(m, "freshet_state_documents") == Some(docs.len() as f64)
@@ -83,7 +92,8 @@ fn followed_input_serves_metrics_and_stops_on_sigterm() {
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "freshet exited with {:?}", out.status);
-    let summary: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(summary["received"].as_u64().unwrap() as usize, history.len());
 
     assert_export_matches(&export(&dataflow, &config, true), &expected.export);

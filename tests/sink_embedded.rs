@@ -36,7 +36,11 @@ fn writes_payload_merges_deletes_and_reopen() {
     let hashes: Vec<ContentHash> = (0..20).map(|i| ContentHash::of(&format!("chunk {i}"))).collect();
     let ids: Vec<Uuid> = (0..20).map(|i| Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("p{i}").as_bytes())).collect();
     let points = (0..20)
-        .map(|i| SinkPoint { id: ids[i], vector: vector(i, 4), payload: payload(&format!("d{}", i / 5), &hashes[i], "draft") })
+        .map(|i| SinkPoint {
+            id: ids[i],
+            vector: vector(i, 4),
+            payload: payload(&format!("d{}", i / 5), &hashes[i], "draft"),
+        })
         .collect();
     sink.apply(vec![SinkOp::Upsert(points)]).unwrap();
     assert_eq!(sink.count().unwrap(), 20);
@@ -44,7 +48,8 @@ fn writes_payload_merges_deletes_and_reopen() {
     // Merge: `status` changes, other keys stay.
     let mut upd = Metadata::new();
     upd.insert("status".into(), json!("published"));
-    sink.apply(vec![SinkOp::SetPayload { ids: ids[0..5].to_vec(), payload: upd }, SinkOp::Delete(ids[15..].to_vec())]).unwrap();
+    sink.apply(vec![SinkOp::SetPayload { ids: ids[0..5].to_vec(), payload: upd }, SinkOp::Delete(ids[15..].to_vec())])
+        .unwrap();
     let all = scroll_all(&sink, true);
     assert_eq!(all.len(), 15);
     let mut sorted = all.iter().map(|p| p.id).collect::<Vec<_>>();
@@ -67,7 +72,9 @@ fn writes_payload_merges_deletes_and_reopen() {
     assert!(hits.iter().all(|h| h.payload["status"] == "published"));
 
     // Wrong dimension is permanent.
-    let err = sink.apply(vec![SinkOp::Upsert(vec![SinkPoint { id: ids[0], vector: vec![1.0; 3], payload: Metadata::new() }])]).unwrap_err();
+    let err = sink
+        .apply(vec![SinkOp::Upsert(vec![SinkPoint { id: ids[0], vector: vec![1.0; 3], payload: Metadata::new() }])])
+        .unwrap_err();
     assert!(!err.is_transient(), "{err}");
     drop(sink);
 
@@ -109,7 +116,9 @@ fn background_optimisation_does_not_disturb_writes() {
             .collect();
         sink.apply(vec![SinkOp::Upsert(points)]).unwrap();
         if batch % 5 == 4 {
-            let ids = (0..50).map(|k| Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("q{}", batch * 200 + k).as_bytes())).collect();
+            let ids = (0..50)
+                .map(|k| Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("q{}", batch * 200 + k).as_bytes()))
+                .collect();
             sink.apply(vec![SinkOp::Delete(ids)]).unwrap();
         }
     }

@@ -7,8 +7,8 @@ mod dataflow;
 mod runtime;
 
 pub use dataflow::{
-    ChunkerSpec, DataflowSpec, DocumentSpec, EmbedderKind, EmbedderSpec, SinkSpec, SourceFormat,
-    SourceKind, SourceSpec, TextTemplate, TemplatePart,
+    ChunkerSpec, DataflowSpec, DocumentSpec, EmbedderKind, EmbedderSpec, SinkSpec, SourceFormat, SourceKind,
+    SourceSpec, TemplatePart, TextTemplate,
 };
 pub use runtime::RuntimeConfig;
 
@@ -46,15 +46,12 @@ pub enum ConfigError {
 }
 
 pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     parse_toml(path, &text)
 }
 
-pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    text: &str,
-) -> Result<T, ConfigError> {
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
         message: e.to_string().trim_end().replace('\n', " "),

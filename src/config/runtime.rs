@@ -86,10 +86,7 @@ impl RuntimeConfig {
 
     /// Check value ranges.
     pub fn validate(self, path: &Path) -> Result<Self, ConfigError> {
-        let bad = |message: &str| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: message.to_string(),
-        };
+        let bad = |message: &str| ConfigError::Invalid { path: path.to_path_buf(), message: message.to_string() };
         if self.workers == 0 || self.workers > 256 {
             return Err(bad("`workers` must be between 1 and 256"));
         }
@@ -110,8 +107,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = parse_toml::<RuntimeConfig>(Path::new("x.toml"), "workers = 2\nworkerz = 3\n")
-            .expect_err("unknown key");
+        let err =
+            parse_toml::<RuntimeConfig>(Path::new("x.toml"), "workers = 2\nworkerz = 3\n").expect_err("unknown key");
         assert!(err.to_string().contains("workerz"), "{err}");
     }
 }

@@ -38,9 +38,7 @@ impl Chunker {
             if block.chars().count() <= self.max_chars {
                 out.push(block);
             } else {
-                out.extend(
-                    self.splitter.chunks(&block).map(str::trim).filter(|c| !c.is_empty()).map(String::from),
-                );
+                out.extend(self.splitter.chunks(&block).map(str::trim).filter(|c| !c.is_empty()).map(String::from));
             }
         }
         out

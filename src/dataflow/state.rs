@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use crate::config::{DataflowSpec, TemplatePart, TextTemplate};
 use crate::dataflow::chunk::Chunker;
 use crate::model::{
-    str_hash, value_hash, ChangeClass, ChangeOp, ChunkUpsert, ContentHash, DocChange, DocId,
-    DocWrite, FieldValue, Metadata, Version,
+    str_hash, value_hash, ChangeClass, ChangeOp, ChunkUpsert, ContentHash, DocChange, DocId, DocWrite, FieldValue,
+    Metadata, Version,
 };
 
 /// What the index holds for one document (or remembers of a deleted one).
@@ -112,10 +112,7 @@ impl DocShape {
             serde_json::Value::Bool(b) => Ok(b.to_string()),
             other => Err(Rejection {
                 reason: "wrong_type",
-                message: format!(
-                    "text field `{name}` is {} but the text template needs a string",
-                    json_kind(other)
-                ),
+                message: format!("text field `{name}` is {} but the text template needs a string", json_kind(other)),
             }),
         }
     }
@@ -194,8 +191,7 @@ impl DocShape {
             let (h, t): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
             (h, Some(t))
         } else {
-            let names: Vec<&str> =
-                unchanged_text.iter().map(|&i| self.text_fields[i].as_str()).collect();
+            let names: Vec<&str> = unchanged_text.iter().map(|&i| self.text_fields[i].as_str()).collect();
             let Some(prev) = prev else {
                 return Outcome::Rejected(Rejection {
                     reason: "toast_without_previous",

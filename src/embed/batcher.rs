@@ -202,9 +202,16 @@ impl EmbedService {
             let res = res.and_then(|v| {
                 let dim = self.embedder.dimension();
                 if v.len() != jobs.len() {
-                    Err(EmbedError::Transient(format!("embedder returned {} vectors for {} texts", v.len(), jobs.len())))
+                    Err(EmbedError::Transient(format!(
+                        "embedder returned {} vectors for {} texts",
+                        v.len(),
+                        jobs.len()
+                    )))
                 } else if let Some(bad) = v.iter().find(|x| x.len() != dim) {
-                    Err(EmbedError::Permanent(format!("embedder returned a vector of dimension {} (expected {dim})", bad.len())))
+                    Err(EmbedError::Permanent(format!(
+                        "embedder returned a vector of dimension {} (expected {dim})",
+                        bad.len()
+                    )))
                 } else {
                     Ok(v)
                 }

@@ -8,13 +8,15 @@
 //! large: texts are sorted by token length and run in sub-batches, each padded only to its
 //! own longest text, and the vectors come back in input order.
 //!
-//! Sub-batches are bounded so that no intermediate tensor exceeds ~25 MB (see
-//! [`MAX_SUB_BATCH_PADDED_TOKENS`], [`MAX_SUB_BATCH_ATTENTION_CELLS`]): glibc serves larger
-//! allocations with fresh `mmap`s, and candle allocates a new buffer per operation, so bigger
-//! batches spend a quarter of their time in the kernel zeroing pages and run slower, not
-//! faster. Setting
-//! `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295` for the
-//! process roughly doubles throughput on top (measured; see the report in `tests/local_model.rs`).
+//! Sub-batches are bounded so that no intermediate tensor exceeds ~25 MB
+//! ([`MAX_SUB_BATCH_PADDED_TOKENS`], [`MAX_SUB_BATCH_ATTENTION_CELLS`]): this keeps peak memory
+//! of 32 texts of 256 tokens at ~300 MB instead of ~700 MB, at no cost in speed.
+//!
+//! Performance note: candle allocates a fresh buffer per operation, and with long texts glibc
+//! returns those buffers to the kernel and faults them in again (over a quarter of the CPU time at
+//! 256 tokens). Run the process with
+//! `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295` (or a
+//! retaining global allocator) to avoid that.
 
 use std::path::Path;
 
@@ -76,17 +78,12 @@ impl LocalMiniLm {
     /// or more than its position embeddings) is [`EmbedError::Permanent`].
     pub fn load(model_dir: &Path, max_tokens: usize) -> Result<Self, EmbedError> {
         let load_err = |file: &str, e: &dyn std::fmt::Display| {
-            EmbedError::Transient(format!(
-                "loading {}: {e} (run scripts/setup-model)",
-                model_dir.join(file).display()
-            ))
+            EmbedError::Transient(format!("loading {}: {e} (run scripts/setup-model)", model_dir.join(file).display()))
         };
 
         let config_path = model_dir.join("config.json");
-        let config_text =
-            std::fs::read_to_string(&config_path).map_err(|e| load_err("config.json", &e))?;
-        let config: Config =
-            serde_json::from_str(&config_text).map_err(|e| load_err("config.json", &e))?;
+        let config_text = std::fs::read_to_string(&config_path).map_err(|e| load_err("config.json", &e))?;
+        let config: Config = serde_json::from_str(&config_text).map_err(|e| load_err("config.json", &e))?;
         // [CLS] + at least one token + [SEP], and no more than the position embeddings.
         if max_tokens < 3 || max_tokens > config.max_position_embeddings {
             return Err(EmbedError::Permanent(format!(
@@ -96,23 +93,21 @@ impl LocalMiniLm {
             )));
         }
 
-        let mut counting_tokenizer = Tokenizer::from_file(model_dir.join("tokenizer.json"))
-            .map_err(|e| load_err("tokenizer.json", &e))?;
+        let mut counting_tokenizer =
+            Tokenizer::from_file(model_dir.join("tokenizer.json")).map_err(|e| load_err("tokenizer.json", &e))?;
         // The shipped tokenizer.json pads and truncates to a fixed 128; we do neither here.
         counting_tokenizer.with_padding(None);
         counting_tokenizer.with_truncation(None).map_err(|e| load_err("tokenizer.json", &e))?;
 
         let mut tokenizer = counting_tokenizer.clone();
-        let truncation = TruncationParams {
-            max_length: max_tokens,
-            ..tokenizer.get_truncation().cloned().unwrap_or_default()
-        };
+        let truncation =
+            TruncationParams { max_length: max_tokens, ..tokenizer.get_truncation().cloned().unwrap_or_default() };
         tokenizer.with_truncation(Some(truncation)).map_err(|e| load_err("tokenizer.json", &e))?;
 
         let pad_token = "[PAD]";
-        let pad_id = tokenizer.token_to_id(pad_token).ok_or_else(|| {
-            load_err("tokenizer.json", &format_args!("no {pad_token} token in the vocabulary"))
-        })?;
+        let pad_id = tokenizer
+            .token_to_id(pad_token)
+            .ok_or_else(|| load_err("tokenizer.json", &format_args!("no {pad_token} token in the vocabulary")))?;
         let padding = PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
             direction: PaddingDirection::Right,
@@ -123,21 +118,13 @@ impl LocalMiniLm {
         };
 
         let device = Device::Cpu;
-        let weights = std::fs::read(model_dir.join("model.safetensors"))
-            .map_err(|e| load_err("model.safetensors", &e))?;
+        let weights =
+            std::fs::read(model_dir.join("model.safetensors")).map_err(|e| load_err("model.safetensors", &e))?;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
             .map_err(|e| load_err("model.safetensors", &e))?;
         let model = BertModel::load(vb, &config).map_err(|e| load_err("model.safetensors", &e))?;
 
-        Ok(Self {
-            model,
-            tokenizer,
-            counting_tokenizer,
-            padding,
-            dimension: config.hidden_size,
-            max_tokens,
-            device,
-        })
+        Ok(Self { model, tokenizer, counting_tokenizer, padding, dimension: config.hidden_size, max_tokens, device })
     }
 
     /// The truncation length, in tokens.
@@ -220,11 +207,9 @@ impl Embedder for LocalMiniLm {
             }
             let mut batch: Vec<Encoding> =
                 order[start..end].iter().map(|&i| std::mem::take(&mut encodings[i])).collect();
-            pad_encodings(&mut batch, &self.padding)
-                .map_err(|e| EmbedError::Permanent(format!("padding: {e}")))?;
-            let vectors = self
-                .forward(&batch)
-                .map_err(|e| EmbedError::Permanent(format!("running {MODEL_ID}: {e}")))?;
+            pad_encodings(&mut batch, &self.padding).map_err(|e| EmbedError::Permanent(format!("padding: {e}")))?;
+            let vectors =
+                self.forward(&batch).map_err(|e| EmbedError::Permanent(format!("running {MODEL_ID}: {e}")))?;
             if vectors.len() != end - start {
                 return Err(EmbedError::Permanent(format!(
                     "{MODEL_ID} returned {} vectors for {} texts",

@@ -70,11 +70,8 @@ pub fn rebuild(
             // Points of one document disagree only after a torn write: keep the oldest
             // version so that replaying the newer change repairs them.
             e.version = Some(e.version.map_or(version, |v| v.min(version)));
-            let meta: Vec<u64> = shape
-                .meta_fields()
-                .iter()
-                .map(|f| value_hash(pl.get(f).unwrap_or(&serde_json::Value::Null)))
-                .collect();
+            let meta: Vec<u64> =
+                shape.meta_fields().iter().map(|f| value_hash(pl.get(f).unwrap_or(&serde_json::Value::Null))).collect();
             match &e.meta {
                 None => e.meta = Some(meta),
                 Some(m) if *m != meta => e.meta = Some(Vec::new()),

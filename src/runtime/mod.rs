@@ -124,7 +124,12 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         TombstoneLog::open(&config.data_dir, &spec.sink.collection).map_err(io("opening the tombstone log"))?;
     let shape = DocShape::new(&spec);
     let boot = bootstrap::rebuild(sink.as_ref(), &shape, embedder.model_id(), &tombstones, config.workers)?;
-    tracing::info!(points = boot.points, documents = boot.live_docs, orphans = boot.orphans.len(), "state rebuilt from the collection");
+    tracing::info!(
+        points = boot.points,
+        documents = boot.live_docs,
+        orphans = boot.orphans.len(),
+        "state rebuilt from the collection"
+    );
     if !boot.orphans.is_empty() {
         sink.apply(vec![SinkOp::Delete(boot.orphans.clone())])?;
     }

@@ -132,8 +132,7 @@ async fn resolve(s: &WriterShared, time: Time, batch: WriteBatch) -> Resolved {
         }
     }
     s.metrics.record_reused(reused);
-    let to_embed: Vec<(ContentHash, String)> =
-        needed.into_iter().filter(|(h, _)| !vectors.contains_key(h)).collect();
+    let to_embed: Vec<(ContentHash, String)> = needed.into_iter().filter(|(h, _)| !vectors.contains_key(h)).collect();
     let mut failed = HashMap::new();
     if !to_embed.is_empty() {
         for (h, r) in s.embed.embed(to_embed).await {
@@ -150,7 +149,13 @@ async fn resolve(s: &WriterShared, time: Time, batch: WriteBatch) -> Resolved {
     Resolved { time, batch, vectors, failed }
 }
 
-fn build_ops(s: &WriterShared, w: &DocWrite, r: &Resolved, dead: &mut Vec<DeadLetter>, tally: &mut Tally) -> Vec<SinkOp> {
+fn build_ops(
+    s: &WriterShared,
+    w: &DocWrite,
+    r: &Resolved,
+    dead: &mut Vec<DeadLetter>,
+    tally: &mut Tally,
+) -> Vec<SinkOp> {
     let model = s.embed.model_id();
     let mut points = Vec::with_capacity(w.upserts.len());
     let mut deletes: Vec<Uuid> = w.deletes.iter().map(|i| point_id(&s.namespace, &w.doc_id, *i)).collect();

@@ -11,9 +11,8 @@ use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use qdrant_edge::{
-    Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParams, Filter, PayloadOps, PointId,
-    PointOperations, PointStructPersisted, ScoringQuery, ScrollRequest, SetPayloadOp, UpdateOperation,
-    WithPayloadInterface, WithVector,
+    Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParams, Filter, PayloadOps, PointId, PointOperations,
+    PointStructPersisted, ScoringQuery, ScrollRequest, SetPayloadOp, UpdateOperation, WithPayloadInterface, WithVector,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -200,7 +199,6 @@ impl EmbeddedSink {
         Ok(())
     }
 
-
     fn filter_from(conditions: serde_json::Value) -> Result<Filter, SinkError> {
         serde_json::from_value(conditions).map_err(|e| SinkError::Permanent(format!("bad filter: {e}")))
     }
@@ -327,8 +325,7 @@ impl VectorSink for EmbeddedSink {
         let filter = if filter.is_empty() {
             None
         } else {
-            let must: Vec<_> =
-                filter.iter().map(|(k, v)| json!({ "key": k, "match": { "value": v } })).collect();
+            let must: Vec<_> = filter.iter().map(|(k, v)| json!({ "key": k, "match": { "value": v } })).collect();
             Some(Self::filter_from(json!({ "must": must }))?)
         };
         let query: qdrant_edge::QueryRequest = qdrant_edge::QueryRequest {
@@ -355,9 +352,7 @@ impl VectorSink for EmbeddedSink {
     }
 
     fn count(&self) -> Result<usize, SinkError> {
-        self.shard
-            .count(qdrant_edge::CountRequest { filter: None, exact: true })
-            .map_err(transient)
+        self.shard.count(qdrant_edge::CountRequest { filter: None, exact: true }).map_err(transient)
     }
 
     fn optimize(&self) -> Result<(), SinkError> {

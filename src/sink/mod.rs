@@ -86,12 +86,8 @@ pub trait VectorSink: Send + Sync {
     /// Apply writes in order; returns once durable.
     fn apply(&self, ops: Vec<SinkOp>) -> Result<(), SinkError>;
     /// Visit stored points in id order, `page` at a time, with or without vectors.
-    fn scroll(
-        &self,
-        with_vectors: bool,
-        page: usize,
-        visit: &mut dyn FnMut(Vec<StoredPoint>),
-    ) -> Result<(), SinkError>;
+    fn scroll(&self, with_vectors: bool, page: usize, visit: &mut dyn FnMut(Vec<StoredPoint>))
+        -> Result<(), SinkError>;
     /// Vectors already stored for any of `hashes` (payload `content_hash`) under `model_id`.
     fn vectors_by_hash(
         &self,
@@ -99,12 +95,8 @@ pub trait VectorSink: Send + Sync {
         hashes: &[ContentHash],
     ) -> Result<HashMap<ContentHash, Vec<f32>>, SinkError>;
     /// Nearest points to `vector`, optionally filtered by payload `field == value`.
-    fn search(
-        &self,
-        vector: Vec<f32>,
-        k: usize,
-        filter: &[(String, serde_json::Value)],
-    ) -> Result<Vec<Hit>, SinkError>;
+    fn search(&self, vector: Vec<f32>, k: usize, filter: &[(String, serde_json::Value)])
+        -> Result<Vec<Hit>, SinkError>;
     /// Number of points.
     fn count(&self) -> Result<usize, SinkError>;
     /// Build indexes now (HNSW); the embedded engine calls this in the background.

@@ -59,10 +59,7 @@ pub struct SourceProgress {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Decode one line into a routed item (`peers` copies for a broadcast truncate).
@@ -194,7 +191,14 @@ pub fn file_source<'scope>(
                             if buf.iter().all(|b| b.is_ascii_whitespace()) {
                                 continue;
                             }
-                            ingest_line(&buf, position, opts.key_separator.as_deref(), &opts.decode, peers, &mut routed);
+                            ingest_line(
+                                &buf,
+                                position,
+                                opts.key_separator.as_deref(),
+                                &opts.decode,
+                                peers,
+                                &mut routed,
+                            );
                             read += 1;
                         }
                         Err(e) => {

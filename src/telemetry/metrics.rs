@@ -86,7 +86,11 @@ impl Metrics {
         let sink_frontier_ms = Gauge::default();
         let state_documents = Gauge::default();
         let state_chunks = Gauge::default();
-        registry.register("state_documents", "Live documents in the state (differential count)", state_documents.clone());
+        registry.register(
+            "state_documents",
+            "Live documents in the state (differential count)",
+            state_documents.clone(),
+        );
         registry.register("state_chunks", "Chunks of the live documents (points once caught up)", state_chunks.clone());
         registry.register("events_received", "Records read from the source", received.clone());
         registry.register("events", "Acknowledged events by outcome", events.clone());

@@ -60,8 +60,10 @@ impl Ev {
     }
 }
 
-const WORDS: &[&str] = &["river", "delta", "index", "lantern", "harbor", "orbit", "garden", "engine", "signal", "copper",
-    "meadow", "glacier", "ledger", "violet", "thunder", "pepper", "marble", "falcon", "cedar", "quartz"];
+const WORDS: &[&str] = &[
+    "river", "delta", "index", "lantern", "harbor", "orbit", "garden", "engine", "signal", "copper", "meadow",
+    "glacier", "ledger", "violet", "thunder", "pepper", "marble", "falcon", "cedar", "quartz",
+];
 
 fn para(rng: &mut ChaCha8Rng) -> String {
     let n = rng.random_range(4..30);
@@ -93,7 +95,13 @@ pub fn random_history(seed: u64, n_docs: u64, n_events: usize, truncates: bool) 
             (_, None) => {
                 let n = rng.random_range(1..6);
                 let body = (0..n).map(|_| para(&mut rng)).collect::<Vec<_>>().join("\n\n");
-                let row = Row { id, title: format!("Title {id} {}", para(&mut rng)), body, lang: "en".into(), status: "draft".into() };
+                let row = Row {
+                    id,
+                    title: format!("Title {id} {}", para(&mut rng)),
+                    body,
+                    lang: "en".into(),
+                    status: "draft".into(),
+                };
                 rows.insert(id, Some(row.clone()));
                 Ev::Upsert { row, lsn, toast_body: false }
             }
@@ -209,7 +217,10 @@ pub fn oracle(spec: &DataflowSpec, events: &[Ev], model_id: &str, dim: usize) ->
                 }
                 let changed = match &prev {
                     None => true,
-                    Some(p) => chunks_of(p) != chunks_of(&new) || (&p.lang, &p.status, &p.title) != (&new.lang, &new.status, &new.title),
+                    Some(p) => {
+                        chunks_of(p) != chunks_of(&new)
+                            || (&p.lang, &p.status, &p.title) != (&new.lang, &new.status, &new.title)
+                    }
                 };
                 let payload_version = if changed { *lsn } else { docs[&row.id].payload_version };
                 if prev.as_ref().is_none_or(|p| chunks_of(p) != chunks_of(&new)) {
@@ -287,8 +298,11 @@ collection = "articles"
 
 pub fn test_config(dir: &Path, workers: usize) -> PathBuf {
     let path = dir.join(format!("test.config.{workers}.toml"));
-    std::fs::write(&path, format!("workers = {workers}\ndata_dir = \"{}\"\nmax_records_per_pass = 50\n", dir.join("data").display()))
-        .expect("write config");
+    std::fs::write(
+        &path,
+        format!("workers = {workers}\ndata_dir = \"{}\"\nmax_records_per_pass = 50\n", dir.join("data").display()),
+    )
+    .expect("write config");
     path
 }
 
@@ -337,13 +351,20 @@ pub fn assert_export_matches(export: &str, expected: &[Value]) {
         let show = |id: &&&str, set: &[Value]| set.iter().find(|v| v["id"].as_str() == Some(**id)).cloned();
         panic!(
             "point ids differ: {} exported, {} expected; extra {:?} e.g. {:?}; missing {:?} e.g. {:?}",
-            got.len(), expected.len(), extra, extra.first().and_then(|i| show(i, &got)), missing, missing.first().and_then(|i| show(i, expected))
+            got.len(),
+            expected.len(),
+            extra,
+            extra.first().and_then(|i| show(i, &got)),
+            missing,
+            missing.first().and_then(|i| show(i, expected))
         );
     }
     for (g, e) in got.iter().zip(expected) {
         assert_eq!(g["payload"], e["payload"], "payload of point {}", e["id"]);
-        let gv: Vec<f64> = g["vector"].as_array().expect("vector").iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect();
-        let ev: Vec<f64> = e["vector"].as_array().expect("vector").iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect();
+        let gv: Vec<f64> =
+            g["vector"].as_array().expect("vector").iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect();
+        let ev: Vec<f64> =
+            e["vector"].as_array().expect("vector").iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect();
         assert_eq!(gv.len(), ev.len());
         for (a, b) in gv.iter().zip(&ev) {
             assert!((a - b).abs() < 1e-5, "vector of point {} differs", e["id"]);

@@ -72,8 +72,7 @@ impl<'scope> DocStateExt<'scope> for Stream<'scope, Time, Vec<Routed>> {
                         entry.1.append(batch);
                     }
                 });
-                let ready: Vec<Time> =
-                    stash.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
+                let ready: Vec<Time> = stash.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
                 for time in ready {
                     let Some((cap, items)) = stash.remove(&time) else { continue };
                     let out = process_time(&shape, &mut docs, &mut truncated_at, items);
@@ -137,8 +136,7 @@ pub fn process_time(
         let before = docs.get(&doc_id).cloned();
         let mut cur = before.clone();
         let mut pending = Pending::default();
-        let mut events: Vec<(u64, Event<'_>)> =
-            truncates.iter().map(|(p, v)| (*p, Event::Truncate(*v))).collect();
+        let mut events: Vec<(u64, Event<'_>)> = truncates.iter().map(|(p, v)| (*p, Event::Truncate(*v))).collect();
         if let Some(cs) = by_doc.get(&doc_id) {
             events.extend(cs.iter().map(|c| (c.position, Event::Change(c))));
         }

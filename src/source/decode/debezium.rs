@@ -15,9 +15,7 @@
 use serde_json::{Map, Value};
 
 use super::{DecodeError, DecodeErrorKind, DecodeSpec, Decoded, SkipKind};
-use crate::model::{
-    ChangeOp, DocChange, DocId, FieldValue, Row, SourceRecord, Version, TOAST_PLACEHOLDER,
-};
+use crate::model::{ChangeOp, DocChange, DocId, FieldValue, Row, SourceRecord, Version, TOAST_PLACEHOLDER};
 
 /// The TOAST placeholder bytes as a `bytea` column renders them through `JsonConverter`
 /// (base64, Debezium's default `binary.handling.mode=bytes`).
@@ -25,8 +23,7 @@ const TOAST_PLACEHOLDER_BASE64: &str = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==
 /// The same with `binary.handling.mode=hex`.
 const TOAST_PLACEHOLDER_HEX: &str = "5f5f646562657a69756d5f756e617661696c61626c655f76616c7565";
 /// An `hstore` column with `hstore.handling.mode=json`.
-const TOAST_PLACEHOLDER_HSTORE_JSON: &str =
-    r#"{"__debezium_unavailable_value":"__debezium_unavailable_value"}"#;
+const TOAST_PLACEHOLDER_HSTORE_JSON: &str = r#"{"__debezium_unavailable_value":"__debezium_unavailable_value"}"#;
 
 /// Decode one Debezium JSON record. `key` and `value` are the raw record bytes (`None` for
 /// a null key or value); `position` is the record's source position (file line, partition
@@ -61,10 +58,7 @@ pub fn decode_debezium_json(
         other => {
             return Err(DecodeError::new(
                 DecodeErrorKind::NotDebezium,
-                format!(
-                    "the value is {}, not a Debezium envelope object",
-                    describe(&other)
-                ),
+                format!("the value is {}, not a Debezium envelope object", describe(&other)),
             ))
         }
     };
@@ -86,13 +80,7 @@ pub fn decode_debezium_json(
 
     let (doc_id, op) = match op {
         Op::Message => return Ok(Decoded::Skip(SkipKind::Message)),
-        Op::Truncate => {
-            return Ok(Decoded::Record(SourceRecord::Truncate {
-                version,
-                position,
-                commit_ts_ms,
-            }))
-        }
+        Op::Truncate => return Ok(Decoded::Record(SourceRecord::Truncate { version, position, commit_ts_ms })),
         Op::Upsert(letter) => {
             let after = match envelope.remove("after") {
                 Some(Value::Object(row)) => row,
@@ -108,10 +96,7 @@ pub fn decode_debezium_json(
                 }
             };
             let doc_id = doc_id(spec, Some(&after), "after", key)?;
-            let row: Row = after
-                .into_iter()
-                .map(|(column, v)| (column, field_value(v)))
-                .collect();
+            let row: Row = after.into_iter().map(|(column, v)| (column, field_value(v))).collect();
             (doc_id, ChangeOp::Upsert(row))
         }
         Op::Delete => {
@@ -121,23 +106,14 @@ pub fn decode_debezium_json(
                 Some(other) => {
                     return Err(DecodeError::new(
                         DecodeErrorKind::WrongType,
-                        format!(
-                            "`before` is {} in a `d` event, expected an object or null",
-                            describe(other)
-                        ),
+                        format!("`before` is {} in a `d` event, expected an object or null", describe(other)),
                     ))
                 }
             };
             (doc_id(spec, before, "before", key)?, ChangeOp::Delete)
         }
     };
-    Ok(Decoded::Record(SourceRecord::Doc(DocChange {
-        doc_id,
-        version,
-        position,
-        commit_ts_ms,
-        op,
-    })))
+    Ok(Decoded::Record(SourceRecord::Doc(DocChange { doc_id, version, position, commit_ts_ms, op })))
 }
 
 /// The operation of a change event.
@@ -178,15 +154,9 @@ fn parse_json(bytes: &[u8], what: &str) -> Result<Value, DecodeError> {
     serde_json::from_slice(bytes).map_err(|e| match std::str::from_utf8(bytes) {
         Err(utf8) => DecodeError::new(
             DecodeErrorKind::InvalidUtf8,
-            format!(
-                "the {what} is not valid UTF-8 (invalid byte at offset {})",
-                utf8.valid_up_to()
-            ),
+            format!("the {what} is not valid UTF-8 (invalid byte at offset {})", utf8.valid_up_to()),
         ),
-        Ok(_) => DecodeError::new(
-            DecodeErrorKind::InvalidJson,
-            format!("the {what} is not valid JSON: {e}"),
-        ),
+        Ok(_) => DecodeError::new(DecodeErrorKind::InvalidJson, format!("the {what} is not valid JSON: {e}")),
     })
 }
 
@@ -195,8 +165,7 @@ fn parse_json(bytes: &[u8], what: &str) -> Result<Value, DecodeError> {
 fn unwrap_schema(value: Value) -> Value {
     match value {
         Value::Object(mut map)
-            if map.contains_key("payload")
-                && map.keys().all(|k| k == "schema" || k == "payload") =>
+            if map.contains_key("payload") && map.keys().all(|k| k == "schema" || k == "payload") =>
         {
             map.remove("payload").unwrap_or(Value::Null)
         }
@@ -222,11 +191,7 @@ fn classify_without_op(envelope: &Map<String, Value>) -> Result<Decoded, DecodeE
         format!(
             "no `op` field: not a Debezium change event, heartbeat or transaction record \
              (top-level fields: {})",
-            if fields.is_empty() {
-                "none".to_owned()
-            } else {
-                fields.join(", ")
-            }
+            if fields.is_empty() { "none".to_owned() } else { fields.join(", ") }
         ),
     ))
 }
@@ -250,12 +215,7 @@ fn table_matches(filter: &str, envelope: &Map<String, Value>) -> Result<bool, De
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .or_else(|| source.and_then(|s| s.get("db")).and_then(Value::as_str));
-    Ok(namespace.is_some_and(|ns| {
-        filter
-            .strip_prefix(ns)
-            .and_then(|rest| rest.strip_prefix('.'))
-            == Some(table)
-    }))
+    Ok(namespace.is_some_and(|ns| filter.strip_prefix(ns).and_then(|rest| rest.strip_prefix('.')) == Some(table)))
 }
 
 /// Follow a dotted path (`source.lsn`) through nested objects.
@@ -278,11 +238,7 @@ fn as_u64(value: &Value) -> Option<u64> {
 }
 
 /// The version: `spec.version_field` when present and not null, else `position`.
-fn version(
-    spec: &DecodeSpec,
-    envelope: &Map<String, Value>,
-    position: u64,
-) -> Result<Version, DecodeError> {
+fn version(spec: &DecodeSpec, envelope: &Map<String, Value>, position: u64) -> Result<Version, DecodeError> {
     let Some(path) = &spec.version_field else {
         return Ok(position);
     };
@@ -294,10 +250,7 @@ fn version(
             }
             DecodeError::new(
                 DecodeErrorKind::WrongType,
-                format!(
-                    "version field `{path}` is {}, expected an unsigned integer",
-                    describe(value)
-                ),
+                format!("version field `{path}` is {}, expected an unsigned integer", describe(value)),
             )
         }),
     }
@@ -308,9 +261,7 @@ fn version(
 /// the latency histogram and never rejects a change.
 fn commit_ts_ms(envelope: &Map<String, Value>) -> Option<u64> {
     let valid = |v: &Value| as_u64(v).filter(|&ts| ts > 0);
-    lookup(envelope, "source.ts_ms")
-        .and_then(valid)
-        .or_else(|| envelope.get("ts_ms").and_then(valid))
+    lookup(envelope, "source.ts_ms").and_then(valid).or_else(|| envelope.get("ts_ms").and_then(valid))
 }
 
 /// One column value: Debezium's unchanged-TOAST placeholder becomes
@@ -347,8 +298,7 @@ fn is_toast_placeholder(value: &Value) -> bool {
             }
         },
         Value::Object(map) => {
-            map.len() == 1
-                && map.get(TOAST_PLACEHOLDER).and_then(Value::as_str) == Some(TOAST_PLACEHOLDER)
+            map.len() == 1 && map.get(TOAST_PLACEHOLDER).and_then(Value::as_str) == Some(TOAST_PLACEHOLDER)
         }
         _ => false,
     }
@@ -395,21 +345,11 @@ fn doc_id(
     key: Option<&[u8]>,
 ) -> Result<DocId, DecodeError> {
     if spec.id_fields.is_empty() {
-        return Err(DecodeError::new(
-            DecodeErrorKind::MissingId,
-            "no id fields are configured",
-        ));
+        return Err(DecodeError::new(DecodeErrorKind::MissingId, "no id fields are configured"));
     }
-    let from_row = |field: &str| {
-        row.and_then(|r| r.get(field))
-            .filter(|v| !v.is_null() && !is_toast_placeholder(v))
-    };
+    let from_row = |field: &str| row.and_then(|r| r.get(field)).filter(|v| !v.is_null() && !is_toast_placeholder(v));
     let needs_key = spec.id_fields.iter().any(|f| from_row(f).is_none());
-    let key = if needs_key {
-        Key::parse(key)?
-    } else {
-        Key::Absent
-    };
+    let key = if needs_key { Key::parse(key)? } else { Key::Absent };
     let single = spec.id_fields.len() == 1;
 
     let mut id = String::new();
@@ -429,12 +369,7 @@ fn doc_id(
     Ok(DocId(id))
 }
 
-fn missing_id(
-    field: &str,
-    row: Option<&Map<String, Value>>,
-    row_name: &str,
-    key: &Key,
-) -> DecodeError {
+fn missing_id(field: &str, row: Option<&Map<String, Value>>, row_name: &str, key: &Key) -> DecodeError {
     if let Some(branch) = row.and_then(avro_row_branch) {
         return avro_json_error(&format!("`{row_name}`"), branch);
     }
@@ -442,16 +377,11 @@ fn missing_id(
         None => (format!("`{row_name}` is null"), false),
         Some(None) => (format!("not in `{row_name}`"), true),
         Some(Some(Value::Null)) => (format!("null in `{row_name}`"), false),
-        Some(Some(_)) => (
-            format!("the unchanged-TOAST placeholder in `{row_name}`"),
-            false,
-        ),
+        Some(Some(_)) => (format!("the unchanged-TOAST placeholder in `{row_name}`"), false),
     };
     let key_part = match key {
         Key::Absent => "the record has no key".to_owned(),
-        Key::Struct(map) if map.get(field).is_some_and(Value::is_null) => {
-            "null in the record key".to_owned()
-        }
+        Key::Struct(map) if map.get(field).is_some_and(Value::is_null) => "null in the record key".to_owned(),
         Key::Struct(_) if row_lacks => {
             return DecodeError::new(
                 DecodeErrorKind::MissingId,
@@ -461,26 +391,16 @@ fn missing_id(
         Key::Struct(_) => "not in the record key".to_owned(),
         Key::Other(v) => format!("the record key is {}, not an object", describe(v)),
     };
-    DecodeError::new(
-        DecodeErrorKind::MissingId,
-        format!("missing id field `{field}`: {row_part}; {key_part}"),
-    )
+    DecodeError::new(DecodeErrorKind::MissingId, format!("missing id field `{field}`: {row_part}; {key_part}"))
 }
 
 /// Append one id column: strings as-is, integers in decimal, booleans as true/false.
-fn render_id_part(
-    out: &mut String,
-    value: &Value,
-    field: &str,
-    place: &str,
-) -> Result<(), DecodeError> {
+fn render_id_part(out: &mut String, value: &Value, field: &str, place: &str) -> Result<(), DecodeError> {
     use std::fmt::Write as _;
     let wrong = |what: String| {
         DecodeError::new(
             DecodeErrorKind::WrongType,
-            format!(
-                "id field `{field}` in {place} is {what}, expected a string, integer or boolean"
-            ),
+            format!("id field `{field}` in {place} is {what}, expected a string, integer or boolean"),
         )
     };
     match value {
@@ -497,11 +417,7 @@ fn render_id_part(
                     Some(f) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
                         let _ = write!(out, "{}", f as i64);
                     }
-                    _ => {
-                        return Err(wrong(format!(
-                            "the number {n}, which has a fractional part"
-                        )))
-                    }
+                    _ => return Err(wrong(format!("the number {n}, which has a fractional part"))),
                 }
             }
         }
@@ -525,9 +441,7 @@ fn avro_row_branch(row: &Map<String, Value>) -> Option<&str> {
 /// The branch name when `value` looks like an Avro JSON-encoded union
 /// (`{"long": 5}`, `{"string": "x"}`, `{"ns.Value": {…}}`).
 fn avro_union_branch(value: &Value) -> Option<&str> {
-    const PRIMITIVES: [&str; 7] = [
-        "boolean", "int", "long", "float", "double", "bytes", "string",
-    ];
+    const PRIMITIVES: [&str; 7] = ["boolean", "int", "long", "float", "double", "bytes", "string"];
     let map = value.as_object()?;
     if map.len() != 1 {
         return None;
@@ -577,13 +491,7 @@ mod tests {
     }
 
     fn decode(spec: &DecodeSpec, key: Option<&str>, value: &str, position: u64) -> Decoded {
-        decode_debezium_json(
-            spec,
-            key.map(str::as_bytes),
-            Some(value.as_bytes()),
-            position,
-        )
-        .unwrap()
+        decode_debezium_json(spec, key.map(str::as_bytes), Some(value.as_bytes()), position).unwrap()
     }
 
     fn decode_err(spec: &DecodeSpec, key: Option<&str>, value: &str) -> DecodeError {
@@ -622,11 +530,7 @@ mod tests {
     #[test]
     fn create_update_read_become_upserts_of_after() {
         for op in ["c", "u", "r"] {
-            let value = pg_event(
-                op,
-                Value::Null,
-                json!({"id": 5, "title": "Hello", "n": 1.5}),
-            );
+            let value = pg_event(op, Value::Null, json!({"id": 5, "title": "Hello", "n": 1.5}));
             let change = doc(decode(&spec(&["id"]), None, &value, 9));
             assert_eq!(change.doc_id, DocId("5".into()));
             assert_eq!(change.version, 4242);
@@ -655,16 +559,10 @@ mod tests {
         let s = spec(&["id"]);
         let tomb = Ok(Decoded::Skip(SkipKind::Tombstone));
         assert_eq!(decode_debezium_json(&s, Some(b"{\"id\":1}"), None, 1), tomb);
-        assert_eq!(
-            decode_debezium_json(&s, Some(b"{\"id\":1}"), Some(b""), 1),
-            tomb
-        );
+        assert_eq!(decode_debezium_json(&s, Some(b"{\"id\":1}"), Some(b""), 1), tomb);
         assert_eq!(decode_debezium_json(&s, None, Some(b"null"), 1), tomb);
         assert_eq!(decode_debezium_json(&s, None, Some(b" null\n"), 1), tomb);
-        assert_eq!(
-            decode_debezium_json(&s, None, Some(br#"{"schema":null,"payload":null}"#), 1),
-            tomb
-        );
+        assert_eq!(decode_debezium_json(&s, None, Some(br#"{"schema":null,"payload":null}"#), 1), tomb);
     }
 
     #[test]
@@ -687,10 +585,7 @@ mod tests {
         // Nothing anywhere: a specific MissingId.
         let err = decode_err(&spec(&["id"]), None, &value);
         assert_eq!(err.kind, DecodeErrorKind::MissingId);
-        assert_eq!(
-            err.to_string(),
-            "missing id field `id`: `before` is null; the record has no key"
-        );
+        assert_eq!(err.to_string(), "missing id field `id`: `before` is null; the record has no key");
     }
 
     #[test]
@@ -712,28 +607,17 @@ mod tests {
     #[test]
     fn message_heartbeat_and_transaction_metadata_are_skipped() {
         let s = spec(&["id"]);
-        let message = r#"{"source":{"schema":"","table":"","lsn":1},"op":"m","message":{"prefix":"p","content":"Ymfy"}}"#;
-        assert_eq!(
-            decode(&s, None, message, 1),
-            Decoded::Skip(SkipKind::Message)
-        );
+        let message =
+            r#"{"source":{"schema":"","table":"","lsn":1},"op":"m","message":{"prefix":"p","content":"Ymfy"}}"#;
+        assert_eq!(decode(&s, None, message, 1), Decoded::Skip(SkipKind::Message));
         let heartbeat = r#"{"schema":{"type":"struct","name":"io.debezium.connector.common.Heartbeat"},"payload":{"ts_ms":1767859856843}}"#;
-        assert_eq!(
-            decode(&s, Some(r#"{"serverName":"kb"}"#), heartbeat, 1),
-            Decoded::Skip(SkipKind::Heartbeat)
-        );
-        assert_eq!(
-            decode(&s, None, r#"{"ts_ms":1}"#, 1),
-            Decoded::Skip(SkipKind::Heartbeat)
-        );
+        assert_eq!(decode(&s, Some(r#"{"serverName":"kb"}"#), heartbeat, 1), Decoded::Skip(SkipKind::Heartbeat));
+        assert_eq!(decode(&s, None, r#"{"ts_ms":1}"#, 1), Decoded::Skip(SkipKind::Heartbeat));
         for tx in [
             r#"{"status":"BEGIN","id":"571:53195829","ts_ms":1,"event_count":null,"data_collections":null}"#,
             r#"{"schema":null,"payload":{"status":"END","id":"571:53195832","event_count":2,"data_collections":[],"ts_ms":1}}"#,
         ] {
-            assert_eq!(
-                decode(&s, None, tx, 1),
-                Decoded::Skip(SkipKind::TransactionMetadata)
-            );
+            assert_eq!(decode(&s, None, tx, 1), Decoded::Skip(SkipKind::TransactionMetadata));
         }
     }
 
@@ -755,16 +639,9 @@ mod tests {
 
     #[test]
     fn unknown_and_mistyped_op() {
-        let err = decode_err(
-            &spec(&["id"]),
-            None,
-            &pg_event("x", Value::Null, json!({"id": 1})),
-        );
+        let err = decode_err(&spec(&["id"]), None, &pg_event("x", Value::Null, json!({"id": 1})));
         assert_eq!(err.kind, DecodeErrorKind::UnknownOp);
-        assert_eq!(
-            err.to_string(),
-            "unknown op \"x\" (expected c, u, d, r, t or m)"
-        );
+        assert_eq!(err.to_string(), "unknown op \"x\" (expected c, u, d, r, t or m)");
         let err = decode_err(&spec(&["id"]), None, r#"{"op":1,"after":{"id":1}}"#);
         assert_eq!(err.kind, DecodeErrorKind::WrongType);
         assert_eq!(err.kind.as_str(), "wrong_type");
@@ -806,21 +683,12 @@ mod tests {
 
     #[test]
     fn composite_id_joined_with_slash_in_order() {
-        let value = pg_event(
-            "c",
-            Value::Null,
-            json!({"tenant": "acme", "id": 42, "active": true, "lang": "en"}),
-        );
+        let value = pg_event("c", Value::Null, json!({"tenant": "acme", "id": 42, "active": true, "lang": "en"}));
         let change = doc(decode(&spec(&["tenant", "id", "active"]), None, &value, 1));
         assert_eq!(change.doc_id, DocId("acme/42/true".into()));
         // Part of the id from the key when the row lacks it.
         let value = pg_event("c", Value::Null, json!({"id": 42}));
-        let change = doc(decode(
-            &spec(&["tenant", "id"]),
-            Some(r#"{"tenant":"acme","id":1}"#),
-            &value,
-            1,
-        ));
+        let change = doc(decode(&spec(&["tenant", "id"]), Some(r#"{"tenant":"acme","id":1}"#), &value, 1));
         assert_eq!(change.doc_id, DocId("acme/42".into()));
     }
 
@@ -840,21 +708,12 @@ mod tests {
         let value = pg_event("c", Value::Null, json!({"title": "t"}));
         let err = decode_err(&spec(&["article_id"]), Some(r#"{"id":1}"#), &value);
         assert_eq!(err.kind, DecodeErrorKind::MissingId);
-        assert_eq!(
-            err.to_string(),
-            "missing id field `article_id` in `after` and in the record key"
-        );
+        assert_eq!(err.to_string(), "missing id field `article_id` in `after` and in the record key");
         let value = pg_event("c", Value::Null, json!({"article_id": null}));
         let err = decode_err(&spec(&["article_id"]), None, &value);
         assert_eq!(err.kind, DecodeErrorKind::MissingId);
-        assert_eq!(
-            err.to_string(),
-            "missing id field `article_id`: null in `after`; the record has no key"
-        );
-        assert_eq!(
-            decode_err(&spec(&[]), None, &value).kind,
-            DecodeErrorKind::MissingId
-        );
+        assert_eq!(err.to_string(), "missing id field `article_id`: null in `after`; the record has no key");
+        assert_eq!(decode_err(&spec(&[]), None, &value).kind, DecodeErrorKind::MissingId);
     }
 
     #[test]
@@ -869,17 +728,12 @@ mod tests {
             assert_eq!(err.kind, DecodeErrorKind::WrongType, "{err}");
             assert_eq!(
                 err.to_string(),
-                format!(
-                    "id field `id` in `after` is {found}, expected a string, integer or boolean"
-                )
+                format!("id field `id` in `after` is {found}, expected a string, integer or boolean")
             );
         }
         // An integral float is an integer.
         let value = pg_event("c", Value::Null, json!({"id": 7.0}));
-        assert_eq!(
-            doc(decode(&spec(&["id"]), None, &value, 1)).doc_id,
-            DocId("7".into())
-        );
+        assert_eq!(doc(decode(&spec(&["id"]), None, &value, 1)).doc_id, DocId("7".into()));
     }
 
     #[test]
@@ -891,16 +745,12 @@ mod tests {
             assert!(err.message.contains("in a `c` event"), "{err}");
         }
         let err = decode_err(&spec(&["id"]), None, r#"{"op":"r","source":{}}"#);
-        assert_eq!(
-            err.to_string(),
-            "`after` is absent in a `r` event, expected an object (the new row)"
-        );
+        assert_eq!(err.to_string(), "`after` is absent in a `r` event, expected an object (the new row)");
     }
 
     #[test]
     fn version_from_field_string_or_position() {
-        let mut value: Value =
-            serde_json::from_str(&pg_event("c", Value::Null, json!({"id": 1}))).unwrap();
+        let mut value: Value = serde_json::from_str(&pg_event("c", Value::Null, json!({"id": 1}))).unwrap();
         value["source"]["lsn"] = json!("123456");
         let change = doc(decode(&spec(&["id"]), None, &value.to_string(), 5));
         assert_eq!(change.version, 123456);
@@ -914,10 +764,7 @@ mod tests {
                     v["source"].as_object_mut().unwrap().remove("lsn");
                 }
             }
-            assert_eq!(
-                doc(decode(&spec(&["id"]), None, &v.to_string(), 5)).version,
-                5
-            );
+            assert_eq!(doc(decode(&spec(&["id"]), None, &v.to_string(), 5)).version, 5);
         }
         // No version field configured: always the position.
         let mut s = spec(&["id"]);
@@ -935,36 +782,22 @@ mod tests {
             (json!(-1), "the number -1"),
             (json!(true), "a boolean (true)"),
         ] {
-            let mut value: Value =
-                serde_json::from_str(&pg_event("c", Value::Null, json!({"id": 1}))).unwrap();
+            let mut value: Value = serde_json::from_str(&pg_event("c", Value::Null, json!({"id": 1}))).unwrap();
             value["source"]["lsn"] = lsn;
             let err = decode_err(&spec(&["id"]), None, &value.to_string());
             assert_eq!(err.kind, DecodeErrorKind::WrongType);
-            assert_eq!(
-                err.to_string(),
-                format!("version field `source.lsn` is {found}, expected an unsigned integer")
-            );
+            assert_eq!(err.to_string(), format!("version field `source.lsn` is {found}, expected an unsigned integer"));
         }
     }
 
     #[test]
     fn commit_time_from_source_then_envelope() {
-        let mut value: Value =
-            serde_json::from_str(&pg_event("c", Value::Null, json!({"id": 1}))).unwrap();
-        assert_eq!(
-            doc(decode(&spec(&["id"]), None, &value.to_string(), 1)).commit_ts_ms,
-            Some(1_700_000_000_123)
-        );
+        let mut value: Value = serde_json::from_str(&pg_event("c", Value::Null, json!({"id": 1}))).unwrap();
+        assert_eq!(doc(decode(&spec(&["id"]), None, &value.to_string(), 1)).commit_ts_ms, Some(1_700_000_000_123));
         value["source"]["ts_ms"] = json!(0);
-        assert_eq!(
-            doc(decode(&spec(&["id"]), None, &value.to_string(), 1)).commit_ts_ms,
-            Some(1_700_000_000_999)
-        );
+        assert_eq!(doc(decode(&spec(&["id"]), None, &value.to_string(), 1)).commit_ts_ms, Some(1_700_000_000_999));
         value.as_object_mut().unwrap().remove("ts_ms");
-        assert_eq!(
-            doc(decode(&spec(&["id"]), None, &value.to_string(), 1)).commit_ts_ms,
-            None
-        );
+        assert_eq!(doc(decode(&spec(&["id"]), None, &value.to_string(), 1)).commit_ts_ms, None);
     }
 
     #[test]
@@ -973,28 +806,18 @@ mod tests {
         for table in ["articles", "public.articles"] {
             let mut s = spec(&["id"]);
             s.table = Some(table.into());
-            assert!(
-                matches!(decode(&s, None, &value, 1), Decoded::Record(_)),
-                "{table}"
-            );
+            assert!(matches!(decode(&s, None, &value, 1), Decoded::Record(_)), "{table}");
         }
         for table in ["other", "private.articles", "public.art", "public"] {
             let mut s = spec(&["id"]);
             s.table = Some(table.into());
-            assert_eq!(
-                decode(&s, None, &value, 1),
-                Decoded::Skip(SkipKind::OtherTable),
-                "{table}"
-            );
+            assert_eq!(decode(&s, None, &value, 1), Decoded::Skip(SkipKind::OtherTable), "{table}");
         }
         // Truncates of other tables too.
         let mut s = spec(&["id"]);
         s.table = Some("other".into());
         let truncate = r#"{"source":{"schema":"public","table":"articles","lsn":1},"op":"t"}"#;
-        assert_eq!(
-            decode(&s, None, truncate, 1),
-            Decoded::Skip(SkipKind::OtherTable)
-        );
+        assert_eq!(decode(&s, None, truncate, 1), Decoded::Skip(SkipKind::OtherTable));
         // MySQL: no schema, the database qualifies the table.
         s.table = Some("inventory.customers".into());
         let mysql = r#"{"after":{"id":1},"source":{"db":"inventory","table":"customers","pos":1},"op":"c"}"#;
@@ -1022,29 +845,17 @@ mod tests {
         let s = spec(&["id"]);
         let err = decode_debezium_json(&s, None, Some(b"{\"op\":\"c\xff\"}"), 1).unwrap_err();
         assert_eq!(err.kind, DecodeErrorKind::InvalidUtf8);
-        assert_eq!(
-            err.to_string(),
-            "the value is not valid UTF-8 (invalid byte at offset 8)"
-        );
+        assert_eq!(err.to_string(), "the value is not valid UTF-8 (invalid byte at offset 8)");
         let err = decode_debezium_json(&s, None, Some(b"{\"op\":"), 1).unwrap_err();
         assert_eq!(err.kind, DecodeErrorKind::InvalidJson);
-        assert!(
-            err.message.starts_with("the value is not valid JSON: "),
-            "{err}"
-        );
+        assert!(err.message.starts_with("the value is not valid JSON: "), "{err}");
         // A bad key only matters when the id must come from it.
         let value = pg_event("d", Value::Null, Value::Null);
         let err = decode_err(&s, Some("{oops"), &value);
         assert_eq!(err.kind, DecodeErrorKind::InvalidJson);
-        assert!(
-            err.message.starts_with("the record key is not valid JSON"),
-            "{err}"
-        );
+        assert!(err.message.starts_with("the record key is not valid JSON"), "{err}");
         let value = pg_event("c", Value::Null, json!({"id": 1}));
-        assert!(matches!(
-            decode(&s, Some("{oops"), &value, 1),
-            Decoded::Record(_)
-        ));
+        assert!(matches!(decode(&s, Some("{oops"), &value, 1), Decoded::Record(_)));
     }
 
     #[test]
@@ -1053,10 +864,7 @@ mod tests {
         s.max_record_bytes = 10;
         let err = decode_debezium_json(&s, Some(b"12345"), Some(b"not json!"), 1).unwrap_err();
         assert_eq!(err.kind, DecodeErrorKind::TooLarge);
-        assert_eq!(
-            err.to_string(),
-            "record is 14 bytes (key 5 + value 9), more than max_record_bytes = 10"
-        );
+        assert_eq!(err.to_string(), "record is 14 bytes (key 5 + value 9), more than max_record_bytes = 10");
         assert_eq!(err.kind.as_str(), "too_large");
         assert!(!err.is_transient());
         // Exactly at the limit passes the size check.
@@ -1070,47 +878,25 @@ mod tests {
         let err = decode_err(&spec(&["id"]), None, value);
         assert_eq!(err.kind, DecodeErrorKind::NotDebezium);
         assert!(
-            err.message.starts_with(
-                "`after` is wrapped in an Avro union branch `srv.public.movies.Value`"
-            ),
+            err.message.starts_with("`after` is wrapped in an Avro union branch `srv.public.movies.Value`"),
             "{err}"
         );
         let value = r#"{"before":null,"after":{"id":1},"source":{"table":"movies","lsn":{"long":5}},"op":"r"}"#;
         let err = decode_err(&spec(&["id"]), None, value);
         assert_eq!(err.kind, DecodeErrorKind::NotDebezium);
-        assert!(
-            err.message
-                .starts_with("`source.lsn` is wrapped in an Avro union branch `long`"),
-            "{err}"
-        );
+        assert!(err.message.starts_with("`source.lsn` is wrapped in an Avro union branch `long`"), "{err}");
     }
 
     #[test]
     fn error_kind_names() {
         use DecodeErrorKind::*;
-        let names: Vec<&str> = [
-            InvalidUtf8,
-            InvalidJson,
-            TooLarge,
-            MissingId,
-            WrongType,
-            UnknownOp,
-            NotDebezium,
-        ]
-        .iter()
-        .map(DecodeErrorKind::as_str)
-        .collect();
+        let names: Vec<&str> = [InvalidUtf8, InvalidJson, TooLarge, MissingId, WrongType, UnknownOp, NotDebezium]
+            .iter()
+            .map(DecodeErrorKind::as_str)
+            .collect();
         assert_eq!(
             names,
-            [
-                "invalid_utf8",
-                "invalid_json",
-                "too_large",
-                "missing_id",
-                "wrong_type",
-                "unknown_op",
-                "not_debezium"
-            ]
+            ["invalid_utf8", "invalid_json", "too_large", "missing_id", "wrong_type", "unknown_op", "not_debezium"]
         );
     }
 }

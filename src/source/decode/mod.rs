@@ -94,10 +94,7 @@ pub struct DecodeError {
 impl DecodeError {
     /// An error of `kind` with a human-readable `message`.
     pub fn new(kind: DecodeErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
+        Self { kind, message: message.into() }
     }
 
     /// Whether retrying may help: never, the bytes will not change.
