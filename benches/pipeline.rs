@@ -5,7 +5,8 @@
 //! phase, peak resident memory, and the per-document state's memory per indexed chunk
 //! (measured with a counting allocator around the state alone).
 //!
-//! `cargo bench --profile dev --bench pipeline -- [--docs N] [--edits N] [--flips N] [--deletes N] [--workers W]`
+//! `cargo bench --profile dev --bench pipeline -- [--docs N] [--edits N] [--flips N] [--deletes N] [--workers W]
+//! [--state-only] [--skip-hnsw]`
 
 // The counting allocator below is the only unsafe code in the repository (bench only).
 #![allow(unsafe_code)]
@@ -154,6 +155,9 @@ fn main() {
             totals["chunks_embedded"], totals["points_upserted"], totals["points_payload_updated"], totals["points_deleted"],
             peak_kb / 1024
         );
+    }
+    if std::env::args().any(|a| a == "--skip-hnsw") {
+        return;
     }
     let config = RuntimeConfig { data_dir, ..RuntimeConfig::default() };
     let sink = freshet::sink::embedded::EmbeddedSink::open(&config.data_dir, &spec.sink.collection, 384).expect("open");
