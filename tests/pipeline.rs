@@ -169,15 +169,7 @@ fn a_missing_input_file_fails_the_run_with_its_path() {
     let input = dir.path().join("does-not-exist.jsonl");
     let dataflow = test_dataflow(dir.path(), &input);
     let config = test_config(dir.path(), 1);
-    let out = freshet()
-        .args(["run", "--until-end", "--dataflow"])
-        .arg(&dataflow)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_expecting_failure(&dataflow, &config);
     assert!(err.contains("does-not-exist.jsonl"), "{err}");
 }
 
@@ -189,13 +181,19 @@ fn unknown_config_keys_are_errors_naming_the_key() {
     let dataflow = test_dataflow(dir.path(), &input);
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "workers = 1\nwokers = 2\n").unwrap();
+    let err = run_expecting_failure(&dataflow, &config);
+    assert!(err.contains("wokers"), "{err}");
+}
+
+/// Run `freshet run --until-end`, assert it fails, return its stderr.
+fn run_expecting_failure(dataflow: &std::path::Path, config: &std::path::Path) -> String {
     let out = freshet()
         .args(["run", "--until-end", "--dataflow"])
-        .arg(&dataflow)
+        .arg(dataflow)
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("wokers"));
+    assert!(!out.status.success(), "the run should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
