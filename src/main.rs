@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use freshet::config::{DataflowSpec, EmbedderKind, RuntimeConfig};
 use freshet::runtime::{self, RunOptions};
+use freshet::sink::embedded::EmbeddedSink;
 use freshet::sink::VectorSink;
 use freshet::telemetry::{self, metrics::summary_json};
 
@@ -177,6 +178,15 @@ fn real_main() -> Result<()> {
             let (spec, config) = load(&common)?;
             let embedder = runtime::open_embedder(&spec.embedder)?;
             let sink = open_existing(&spec, &config)?;
+            if sink.dimension() != embedder.dimension() {
+                bail!(
+                    "collection `{}` holds vectors of dimension {}, the embedder `{}` produces {}",
+                    spec.sink.collection,
+                    sink.dimension(),
+                    embedder.model_id(),
+                    embedder.dimension()
+                );
+            }
             let vector = embedder.embed(&[query.as_str()])?.pop().context("the embedder returned no vector")?;
             let mut conditions = Vec::new();
             for f in filter {
@@ -208,13 +218,9 @@ fn real_main() -> Result<()> {
     }
 }
 
-fn open_existing(spec: &DataflowSpec, config: &RuntimeConfig) -> Result<Arc<dyn VectorSink>> {
-    let dir = freshet::sink::embedded::collection_dir(&config.data_dir, &spec.sink.collection);
-    if !dir.exists() {
-        bail!("no collection `{}` under {} (run the pipeline first)", spec.sink.collection, config.data_dir.display());
-    }
-    let embedder = runtime::open_embedder(&spec.embedder)?;
-    Ok(runtime::open_sink(&config.data_dir, spec, embedder.dimension())?)
+/// Open the pipeline's collection for reading, with the dimension it was created with.
+fn open_existing(spec: &DataflowSpec, config: &RuntimeConfig) -> Result<EmbeddedSink> {
+    Ok(EmbeddedSink::open_existing(&config.data_dir, &spec.sink.collection)?)
 }
 
 fn sort_keys(m: serde_json::Map<String, serde_json::Value>) -> serde_json::Map<String, serde_json::Value> {

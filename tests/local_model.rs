@@ -1,12 +1,9 @@
 //! Integration tests for the `local-minilm` embedder against the real all-MiniLM-L6-v2
 //! weights. Needs `scripts/setup-model` (or `FRESHET_MODEL_DIR`); fails loudly without them.
-//!
-//! `cargo test --test local_model -- --ignored --nocapture throughput` prints texts/s (the
-//! machine should be otherwise idle; see `src/embed/local.rs` for `GLIBC_TUNABLES`).
+//! Throughput is measured by `benches/model.rs`, not here.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::Instant;
 
 use freshet::embed::local::LocalMiniLm;
 use freshet::embed::Embedder;
@@ -139,39 +136,4 @@ fn long_texts_are_truncated_not_rejected() {
     let other_tail = format!("{} {}", words(600, 3), words(1400, 9));
     let w = m.embed(&[other_tail.as_str()]).expect("embed other tail");
     assert!(max_abs_diff(&v[0], &w[0]) < 1e-5);
-}
-
-/// Texts/s for batches of 32 texts of about 64, 128 and 256 tokens (model only).
-#[test]
-#[ignore = "measurement; run with --ignored --nocapture"]
-fn throughput() {
-    let m = model();
-    for target_tokens in [64, 128, 256] {
-        // Grow the word count until the text has about target_tokens tokens.
-        let texts: Vec<String> = (0..32)
-            .map(|seed| {
-                let mut n = target_tokens / 2;
-                while m.count_tokens(&words(n + 1, seed)) <= target_tokens {
-                    n += 1;
-                }
-                words(n, seed)
-            })
-            .collect();
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let mean_tokens = refs.iter().map(|t| m.count_tokens(t)).sum::<usize>() as f64 / refs.len() as f64;
-        m.embed(&refs).expect("warm-up");
-        let rounds = 5;
-        let start = Instant::now();
-        for _ in 0..rounds {
-            m.embed(&refs).expect("embed");
-        }
-        let secs = start.elapsed().as_secs_f64();
-        let texts_per_s = (rounds * refs.len()) as f64 / secs;
-        println!(
-            "batch of 32 × ~{target_tokens} tokens (mean {mean_tokens:.0}): {texts_per_s:.1} \
-             texts/s, {:.0} tokens/s, {:.0} ms per batch",
-            texts_per_s * mean_tokens,
-            secs * 1000.0 / rounds as f64
-        );
-    }
 }

@@ -32,6 +32,15 @@ pub struct DocState {
 }
 
 impl DocState {
+    /// What this state adds to the index: (documents, chunks) — (0, 0) for a tombstone.
+    pub fn size(&self) -> (i64, i64) {
+        if self.live {
+            (1, self.chunks.len() as i64)
+        } else {
+            (0, 0)
+        }
+    }
+
     /// A tombstone at `version`.
     pub fn tombstone(version: Version) -> Self {
         Self { version, payload_version: version, live: false, ..Self::default() }

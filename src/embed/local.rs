@@ -14,9 +14,8 @@
 //!
 //! Performance note: candle allocates a fresh buffer per operation, and with long texts glibc
 //! returns those buffers to the kernel and faults them in again (over a quarter of the CPU time at
-//! 256 tokens). Run the process with
-//! `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295` (or a
-//! retaining global allocator) to avoid that.
+//! 256 tokens). The `freshet` binary and the benches therefore use mimalloc as the global
+//! allocator (see `src/main.rs`); a program embedding the library should do the same.
 
 use std::path::Path;
 

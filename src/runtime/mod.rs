@@ -19,6 +19,7 @@ use thiserror::Error;
 
 use crate::config::{DataflowSpec, EmbedderKind, EmbedderSpec, RuntimeConfig};
 use crate::dataflow::operators::doc_state::InitialState;
+use crate::dataflow::pipeline::{SizeKind, SizeObserver};
 use crate::dataflow::state::DocShape;
 use crate::dataflow::{Tally, Time};
 use crate::embed::batcher::{BatchOptions, EmbedService};
@@ -166,6 +167,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         let sink = Arc::clone(&sink);
         let stop = Arc::clone(&optimizer_stop);
         let activity = Arc::clone(&activity);
+        let metrics_o = Arc::clone(&metrics);
         let every = Duration::from_secs(config.optimize_interval_s.max(1));
         std::thread::Builder::new()
             .name("freshet-optimize".into())
@@ -173,10 +175,11 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
                 let mut last = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
-                    let dirty = activity.written.load(Ordering::Relaxed) > activity.optimized.load(Ordering::Relaxed);
+                    let written = points_written(&metrics_o.totals());
+                    let dirty = written > activity.optimized.load(Ordering::Relaxed);
                     let idle_ms = now_ms().saturating_sub(activity.last_busy_ms.load(Ordering::Relaxed));
                     if dirty && (idle_ms >= 2_000 || last.elapsed() >= every) {
-                        let upto = activity.written.load(Ordering::Relaxed);
+                        let upto = written;
                         let t = Instant::now();
                         match sink.optimize() {
                             Ok(()) => {
@@ -225,13 +228,12 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         let progress = Arc::clone(&progress_w);
         let opts = file_opts.clone();
         let metrics_s = Arc::clone(&metrics_w);
-        let sizes: crate::dataflow::pipeline::SizeObserver = Arc::new(move |kind, total| match kind {
-            crate::dataflow::pipeline::SizeKind::Documents => {
-                metrics_s.state_documents.set(total);
-            }
-            crate::dataflow::pipeline::SizeKind::Chunks => {
-                metrics_s.state_chunks.set(total);
-            }
+        let sizes: SizeObserver = Arc::new(move |kind, total| {
+            let gauge = match kind {
+                SizeKind::Documents => &metrics_s.state_documents,
+                SizeKind::Chunks => &metrics_s.state_chunks,
+            };
+            gauge.set(total);
         });
         let probe = timely::dataflow::operators::probe::Handle::<Time>::new();
         let sink_probe = probe.clone();
@@ -254,11 +256,8 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
             worker.step_or_park(Some(Duration::from_millis(20)));
             if index == 0 && last_lag_update.elapsed() >= Duration::from_millis(100) {
                 last_lag_update = Instant::now();
-                let pending = update_lag(&metrics_w, &progress_w, probe.with_frontier(|f| f.first().copied()));
-                let acked = metrics_w.totals().received;
-                if pending || acked != activity_w.written.load(Ordering::Relaxed) {
+                if update_lag(&metrics_w, &progress_w, probe.with_frontier(|f| f.first().copied())) {
                     activity_w.last_busy_ms.store(now_ms(), Ordering::Relaxed);
-                    activity_w.written.store(acked, Ordering::Relaxed);
                 }
             }
             if probe.done() {
@@ -299,10 +298,13 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
 struct Activity {
     /// Last time work was pending (ms since epoch).
     last_busy_ms: std::sync::atomic::AtomicU64,
-    /// Records acknowledged so far (a change counter).
-    written: std::sync::atomic::AtomicU64,
-    /// `written` as of the last optimisation.
+    /// [`points_written`] as of the last optimisation.
     optimized: std::sync::atomic::AtomicU64,
+}
+
+/// Points written so far: what the background index build has to catch up with.
+fn points_written(t: &Tally) -> u64 {
+    t.points_upserted + t.points_payload_updated + t.points_deleted
 }
 
 /// Frontier lag: now − sink frontier while work is pending (the source frontier is ahead of

@@ -211,9 +211,9 @@ fn build_ops(
     ops
 }
 
-async fn write(s: &Arc<WriterShared>, r: Resolved) -> Tally {
+async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
     let mut tally = r.batch.tally;
-    let mut dead = r.batch.dead.clone();
+    let mut dead = std::mem::take(&mut r.batch.dead);
     let mut upserts = Vec::new();
     let mut rest = Vec::new();
     let mut tombstones = Vec::new();

@@ -71,7 +71,27 @@ impl EmbeddedSink {
     /// `doc_id` and `content_hash`) if it does not exist. Refuses a collection of another
     /// dimension.
     pub fn open(data_dir: &Path, collection: &str, dimension: usize) -> Result<Self, SinkError> {
+        Self::open_with(data_dir, collection, Some(dimension))
+    }
+
+    /// Open an existing collection with the dimension it was created with (for reading:
+    /// export, search), without needing the embedder.
+    pub fn open_existing(data_dir: &Path, collection: &str) -> Result<Self, SinkError> {
+        Self::open_with(data_dir, collection, None)
+    }
+
+    fn open_with(data_dir: &Path, collection: &str, dimension: Option<usize>) -> Result<Self, SinkError> {
         let path = collection_dir(data_dir, collection);
+        let exists = path.join("edge_config.json").exists();
+        let missing = || {
+            SinkError::Permanent(format!(
+                "no collection `{collection}` under {} (run the pipeline first)",
+                data_dir.display()
+            ))
+        };
+        if !exists && dimension.is_none() {
+            return Err(missing());
+        }
         std::fs::create_dir_all(&path).map_err(transient)?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -85,41 +105,48 @@ impl EmbeddedSink {
                 path.display()
             )));
         }
-        let exists = path.join("edge_config.json").exists();
-        let shard = if exists {
-            let shard = EdgeShard::load(&path, None).map_err(transient)?;
-            let existing = shard.config().vectors.values().next().map(|v| v.size);
-            if existing != Some(dimension) {
-                return Err(SinkError::Permanent(format!(
-                    "collection `{collection}` at {} has vectors of dimension {existing:?}, the embedder produces {dimension}; \
-                     use another collection (or reindex)",
-                    path.display()
-                )));
+        let (shard, dimension) = match (exists, dimension) {
+            (true, _) => {
+                let shard = EdgeShard::load(&path, None).map_err(transient)?;
+                let existing = shard.config().vectors.values().next().map(|v| v.size);
+                match (existing, dimension) {
+                    (Some(have), None) => (shard, have),
+                    (Some(have), Some(want)) if have == want => (shard, have),
+                    (_, want) => {
+                        return Err(SinkError::Permanent(format!(
+                            "collection `{collection}` at {} has vectors of dimension {existing:?}, the embedder \
+                             produces {want:?}; use another collection (or reindex)",
+                            path.display()
+                        )))
+                    }
+                }
             }
-            shard
-        } else {
-            let params = EdgeVectorParams {
-                size: dimension,
-                distance: Distance::Cosine,
-                on_disk: None,
-                multivector_config: None,
-                datatype: None,
-                quantization_config: None,
-                hnsw_config: None,
-            };
-            let config = EdgeConfigBuilder::new().vector("", params).on_disk_payload(false).build();
-            let shard = EdgeShard::new(&path, config).map_err(transient)?;
-            for field in [keys::DOC_ID, keys::CONTENT_HASH] {
-                let op: UpdateOperation = serde_json::from_value(json!({
-                    "create_index": { "field_name": field, "field_schema": "keyword" }
-                }))
-                .map_err(transient)?;
-                shard.update(op).map_err(transient)?;
-            }
-            shard
+            (false, Some(dimension)) => (Self::create(&path, dimension)?, dimension),
+            (false, None) => return Err(missing()),
         };
         install_flush_panic_filter();
         Ok(Self { shard, dimension, path, write_lock: Mutex::new(()), _dir_lock: lock })
+    }
+
+    fn create(path: &Path, dimension: usize) -> Result<EdgeShard, SinkError> {
+        let params = EdgeVectorParams {
+            size: dimension,
+            distance: Distance::Cosine,
+            on_disk: None,
+            multivector_config: None,
+            datatype: None,
+            quantization_config: None,
+            hnsw_config: None,
+        };
+        let config = EdgeConfigBuilder::new().vector("", params).on_disk_payload(false).build();
+        let shard = EdgeShard::new(path, config).map_err(transient)?;
+        for field in [keys::DOC_ID, keys::CONTENT_HASH] {
+            let op: UpdateOperation =
+                serde_json::from_value(json!({ "create_index": { "field_name": field, "field_schema": "keyword" } }))
+                    .map_err(transient)?;
+            shard.update(op).map_err(transient)?;
+        }
+        Ok(shard)
     }
 
     /// Make everything written so far durable (see [`install_flush_panic_filter`]).

@@ -1,6 +1,6 @@
 //! Counters and gauges of a running pipeline, in one registry (prometheus-client).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -53,9 +53,6 @@ pub struct Metrics {
     /// Their chunks: the points the collection holds once caught up.
     pub state_chunks: Gauge,
     totals: Mutex<Tally>,
-    embedded_total: AtomicU64,
-    batches_total: AtomicU64,
-    reused_total: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -121,9 +118,6 @@ impl Metrics {
             state_documents,
             state_chunks,
             totals: Mutex::new(Tally::default()),
-            embedded_total: AtomicU64::new(0),
-            batches_total: AtomicU64::new(0),
-            reused_total: AtomicU64::new(0),
         }
     }
 
@@ -165,24 +159,21 @@ impl Metrics {
     pub fn record_embed_batch(&self, n: u64) {
         self.chunks_embedded.inc_by(n);
         self.embed_batches.inc();
-        self.embedded_total.fetch_add(n, Ordering::Relaxed);
-        self.batches_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Record vectors found without embedding.
     pub fn record_reused(&self, n: u64) {
         if n > 0 {
             self.vectors_reused.inc_by(n);
-            self.reused_total.fetch_add(n, Ordering::Relaxed);
         }
     }
 
     /// Totals of everything acknowledged so far, with the embedder's counters.
     pub fn totals(&self) -> Tally {
         let mut t = self.totals.lock().map(|g| *g).unwrap_or_default();
-        t.chunks_embedded = self.embedded_total.load(Ordering::Relaxed);
-        t.embed_batches = self.batches_total.load(Ordering::Relaxed);
-        t.vectors_reused = self.reused_total.load(Ordering::Relaxed);
+        t.chunks_embedded = self.chunks_embedded.get();
+        t.embed_batches = self.embed_batches.get();
+        t.vectors_reused = self.vectors_reused.get();
         t
     }
 

@@ -58,8 +58,8 @@ impl<'scope> DocStateExt<'scope> for Stream<'scope, Time, Vec<Routed>> {
             move |(input, frontier), output| {
                 if let Some(cap) = initial_cap.take() {
                     // The state this worker starts from, for the size collection.
-                    let live = docs.values().filter(|s| s.live);
-                    let (documents, chunks) = live.fold((0i64, 0i64), |(d, c), s| (d + 1, c + s.chunks.len() as i64));
+                    let (documents, chunks) =
+                        docs.values().map(DocState::size).fold((0, 0), |(d, c), (sd, sc)| (d + sd, c + sc));
                     if documents > 0 {
                         output.session(&cap).give(StateOut::Size { documents, chunks });
                     }
@@ -172,7 +172,7 @@ pub fn process_time(
         if let Some(w) = diff(shape, &doc_id, before.as_ref(), cur.as_ref(), &pending) {
             out.push(StateOut::Write(w));
         }
-        let size = |s: Option<&DocState>| s.filter(|s| s.live).map_or((0i64, 0i64), |s| (1, s.chunks.len() as i64));
+        let size = |s: Option<&DocState>| s.map_or((0, 0), DocState::size);
         let (b, a) = (size(before.as_ref()), size(cur.as_ref()));
         size_delta.0 += a.0 - b.0;
         size_delta.1 += a.1 - b.1;
