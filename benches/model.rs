@@ -78,7 +78,7 @@ fn main() {
     let data_dir = config.data_dir.clone();
     let start = Instant::now();
     let totals =
-        run(RunOptions { dataflow: spec, config, until_end: true }, Arc::new(AtomicBool::new(false))).expect("run");
+        run(RunOptions::live(spec, config, true), Arc::new(AtomicBool::new(false))).expect("run");
     let secs = start.elapsed().as_secs_f64();
     // Tokens the model saw: every indexed chunk (all were embedded once), truncated at 256.
     let sink = freshet::sink::embedded::EmbeddedSink::open(&data_dir, &collection, 384).expect("open");

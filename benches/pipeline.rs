@@ -84,7 +84,15 @@ fn main() {
     let mut routed = Vec::new();
     for (i, l) in lines.split(|b| *b == b'\n').enumerate() {
         if !l.is_empty() {
-            freshet::source::file::ingest_line(l, i as u64 + 1, None, &decode, 1, &mut routed);
+            freshet::source::file::ingest_line(
+                l,
+                i as u64 + 1,
+                None,
+                freshet::config::SourceFormat::DebeziumJson,
+                &decode,
+                1,
+                &mut routed,
+            );
         }
     }
     let routed: Vec<Routed> = routed;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use freshet::config::{DataflowSpec, EmbedderKind, RuntimeConfig};
 use freshet::runtime::{self, RunOptions};
+use freshet::source::kafka::StartPosition;
 use freshet::sink::embedded::EmbeddedSink;
 use freshet::sink::VectorSink;
 use freshet::telemetry::{self, metrics::summary_json};
@@ -45,6 +46,23 @@ struct Common {
     embedder: Option<EmbedderKind>,
 }
 
+/// Where a replay starts (exactly one).
+#[derive(clap::Args, Clone)]
+#[group(required = true, multiple = false)]
+struct ReplayFrom {
+    /// From the oldest retained records.
+    #[arg(long)]
+    from_beginning: bool,
+    /// From these offsets: `PARTITION:OFFSET,…` (one topic) or `TOPIC:PARTITION:OFFSET,…`;
+    /// partitions not named start at the beginning.
+    #[arg(long)]
+    from_offsets: Option<String>,
+    /// From the first records at or after this time (RFC 3339, e.g. 2026-11-22T08:00:00Z),
+    /// found with the broker's offsets-for-times.
+    #[arg(long)]
+    from_timestamp: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the pipeline.
@@ -62,10 +80,31 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Re-read Kafka from a position up to the current end (the high watermarks at start)
+    /// into the collection, or `--into` a new one. Does not touch the live consumer
+    /// group's offsets. Changes already in the collection embed and write nothing.
+    Replay {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        from: ReplayFrom,
+        /// Build this collection instead of the dataflow's (the live one is untouched).
+        #[arg(long)]
+        into: Option<String>,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+        /// Override the number of worker threads.
+        #[arg(long)]
+        workers: Option<usize>,
+    },
     /// Write every point as one JSON object per line, sorted by id.
     Export {
         #[command(flatten)]
         common: Common,
+        /// Export this collection instead of the dataflow's (e.g. one built by `replay --into`).
+        #[arg(long)]
+        collection: Option<String>,
         /// Include vectors.
         #[arg(long)]
         with_vectors: bool,
@@ -151,12 +190,43 @@ fn real_main() -> Result<()> {
                 let stop = Arc::clone(&stop);
                 ctrlc_handler(move || stop.store(true, Ordering::Relaxed));
             }
-            let totals = runtime::run(RunOptions { dataflow: spec, config, until_end }, stop)?;
+            let totals = runtime::run(RunOptions::live(spec, config, until_end), stop)?;
             println!("{}", summary_json(&totals));
             Ok(())
         }
-        Command::Export { common, with_vectors } => {
-            let (spec, config) = load(&common)?;
+        Command::Replay { common, from, into, no_progress, workers } => {
+            let (spec, mut config) = load(&common)?;
+            if let Some(w) = workers {
+                config.workers = w.max(1);
+            }
+            let start = if from.from_beginning {
+                StartPosition::Beginning
+            } else if let Some(o) = &from.from_offsets {
+                StartPosition::parse_offsets(o, &spec.source.topics)?
+            } else if let Some(t) = &from.from_timestamp {
+                let at = humantime::parse_rfc3339_weak(t)
+                    .with_context(|| format!("--from-timestamp {t:?} is not an RFC 3339 time (2026-11-22T08:00:00Z)"))?;
+                let ms = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+                StartPosition::Timestamp(ms)
+            } else {
+                bail!("give one of --from-beginning, --from-offsets, --from-timestamp");
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            {
+                let stop = Arc::clone(&stop);
+                ctrlc_handler(move || stop.store(true, Ordering::Relaxed));
+            }
+            let replay = runtime::Replay { from: start, into, progress_bar: !no_progress };
+            let opts = RunOptions { dataflow: spec, config, until_end: true, replay: Some(replay) };
+            let totals = runtime::run(opts, stop)?;
+            println!("{}", summary_json(&totals));
+            Ok(())
+        }
+        Command::Export { common, collection, with_vectors } => {
+            let (mut spec, config) = load(&common)?;
+            if let Some(c) = collection {
+                spec.sink.collection = c;
+            }
             let sink = open_existing(&spec, &config)?;
             let mut points = Vec::new();
             sink.scroll(with_vectors, 1024, &mut |page| points.extend(page))?;

@@ -252,8 +252,12 @@ pub fn route(doc_id: &DocId) -> u64 {
 /// A record that could not be used, with why.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
-    /// Source position of the record.
+    /// Source position of the record (file line, partition offset).
     pub position: u64,
+    /// Where the record came from (`topic[partition]@offset`), when the source knows more
+    /// than its position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     /// Stage that rejected it (`decode`, `document`, `embed`, `sink`).
     pub stage: String,
     /// Short machine-readable reason (`invalid_json`, `missing_id`, ...).

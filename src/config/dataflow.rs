@@ -29,8 +29,12 @@ pub struct DataflowSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
-    /// `file` (JSON lines). Kafka and Postgres sources are configured here too later.
+    /// `file` (JSON lines) or `kafka` (the brokers and consumer group are in the runtime
+    /// config's `[kafka]` section).
     pub kind: SourceKind,
+    /// For `kafka`: the topics to read (all their partitions).
+    #[serde(default)]
+    pub topics: Vec<String>,
     /// For `file`: path of the JSON-lines file (one record value per line).
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -53,6 +57,8 @@ pub struct SourceSpec {
 pub enum SourceKind {
     /// A JSON-lines file of events.
     File,
+    /// Kafka topics (any Kafka-protocol broker).
+    Kafka,
 }
 
 /// Record formats.
@@ -62,6 +68,10 @@ pub enum SourceFormat {
     /// Debezium's envelope rendered by the JsonConverter (with or without `schema`).
     #[default]
     DebeziumJson,
+    /// Plain upserts: key = document id (JSON or text), value = the row as a JSON object,
+    /// null value = delete. Changes are ordered by partition offset, so `document.version`
+    /// is not used with this format.
+    UpsertJson,
 }
 
 /// How a row becomes a document.
@@ -112,6 +122,10 @@ pub struct EmbedderSpec {
     /// For `local-minilm`: directory with model.safetensors, tokenizer.json, config.json.
     #[serde(default)]
     pub model_dir: Option<PathBuf>,
+    /// For `hash`: append the number of texts of every embedding call to this file (tests
+    /// count embedding spend across crashes with it).
+    #[serde(default)]
+    pub call_log: Option<PathBuf>,
     /// For `hash`: vector dimension.
     #[serde(default = "default_hash_dimension")]
     pub dimension: usize,
@@ -301,6 +315,21 @@ impl DataflowSpec {
         }
         if self.source.kind == SourceKind::File && self.source.path.is_none() {
             return Err(bad("`source.path` is required for a file source".into()));
+        }
+        if self.source.kind == SourceKind::Kafka {
+            if self.source.topics.is_empty() {
+                return Err(bad("`source.topics` must name at least one topic for a kafka source".into()));
+            }
+            if self.source.path.is_some() || self.source.key_separator.is_some() {
+                return Err(bad("`source.path` and `source.key_separator` are for file sources only".into()));
+            }
+        }
+        if self.source.format == SourceFormat::UpsertJson && self.document.version.is_some() {
+            return Err(bad(
+                "`document.version` cannot be used with format \"upsert-json\": its deletes carry no row, so \
+                 changes are ordered by partition offset (remove `document.version`)"
+                    .into(),
+            ));
         }
         Ok(self)
     }

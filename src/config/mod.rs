@@ -10,7 +10,7 @@ pub use dataflow::{
     ChunkerSpec, DataflowSpec, DocumentSpec, EmbedderKind, EmbedderSpec, SinkSpec, SourceFormat, SourceKind,
     SourceSpec, TemplatePart, TextTemplate,
 };
-pub use runtime::RuntimeConfig;
+pub use runtime::{KafkaConfig, RuntimeConfig, StartFrom, OWNED_KAFKA_PROPERTIES};
 
 use std::path::{Path, PathBuf};
 

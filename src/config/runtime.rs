@@ -1,5 +1,6 @@
 //! The runtime config (`config/*.toml`): where a pipeline runs.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,72 @@ pub struct RuntimeConfig {
     /// been idle for 2 s after writes, and at the latest every this many seconds while busy.
     #[serde(default = "default_optimize_interval_s")]
     pub optimize_interval_s: u64,
+    /// The Kafka cluster, for dataflows with a `kafka` source.
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// Where the Kafka topics live and how freshet records its progress (`[kafka]`).
+///
+/// Partitions are assigned to timely workers by freshet itself (not by group rebalancing);
+/// the consumer group only holds the committed offsets: for each partition, the offset of
+/// the first record the collection does not yet reflect.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port` list of brokers (librdkafka's `bootstrap.servers`).
+    pub bootstrap_servers: String,
+    /// Consumer group whose committed offsets record what the collection holds.
+    pub group_id: String,
+    /// Where partitions without a committed offset start: `earliest` or `latest`.
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// Any other librdkafka property (`security.protocol`, `sasl.mechanism`,
+    /// `ssl.ca.location`, `fetch.max.bytes`, …). Properties freshet owns
+    /// (`bootstrap.servers`, `group.id`, `enable.auto.commit`, `enable.auto.offset.store`)
+    /// are rejected here.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values come from environment variables: property →
+    /// variable name (`"sasl.password" = "KAFKA_PASSWORD"`). Their values never appear in
+    /// logs or error messages.
+    #[serde(default)]
+    pub secret_properties: BTreeMap<String, String>,
+    /// How often offsets the sink has passed are committed, in milliseconds.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// Bound on the records librdkafka prefetches per worker, in KiB (its
+    /// `queued.max.messages.kbytes`): with paused partitions, the memory a burst can take.
+    #[serde(default = "default_prefetch_kbytes")]
+    pub max_prefetch_kbytes: u64,
+    /// Timeout of the metadata and offset requests made at start, in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+/// Where a partition without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartFrom {
+    /// The oldest retained record.
+    #[default]
+    Earliest,
+    /// Only records produced after the start.
+    Latest,
+}
+
+/// librdkafka properties freshet sets itself.
+pub const OWNED_KAFKA_PROPERTIES: [&str; 5] =
+    ["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "enable.partition.eof"];
+
+fn default_commit_interval_ms() -> u64 {
+    1000
+}
+fn default_prefetch_kbytes() -> u64 {
+    16 * 1024
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_workers() -> usize {
@@ -73,6 +140,7 @@ impl Default for RuntimeConfig {
             max_record_bytes: default_max_record_bytes(),
             embed_cache_entries: default_cache_entries(),
             optimize_interval_s: default_optimize_interval_s(),
+            kafka: None,
         }
     }
 }
@@ -95,6 +163,25 @@ impl RuntimeConfig {
         }
         if self.max_record_bytes < 1024 {
             return Err(bad("`max_record_bytes` must be at least 1024"));
+        }
+        if let Some(k) = &self.kafka {
+            if k.bootstrap_servers.trim().is_empty() || k.group_id.trim().is_empty() {
+                return Err(bad("`kafka.bootstrap_servers` and `kafka.group_id` must not be empty"));
+            }
+            for key in k.properties.keys().chain(k.secret_properties.keys()) {
+                if OWNED_KAFKA_PROPERTIES.contains(&key.as_str()) {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "`kafka.properties.\"{key}\"` is set by freshet itself (use `kafka.bootstrap_servers` / \
+                             `kafka.group_id`; offsets are committed only after the sink has acknowledged)"
+                        ),
+                    });
+                }
+            }
+            if k.max_prefetch_kbytes == 0 {
+                return Err(bad("`kafka.max_prefetch_kbytes` must be positive"));
+            }
         }
         Ok(self)
     }

@@ -14,12 +14,22 @@ use crate::model::ContentHash;
 pub struct HashEmbedder {
     dimension: usize,
     model_id: String,
+    /// Appends one line per call (the number of texts) — how tests count embedding spend
+    /// across crashes.
+    call_log: Option<std::path::PathBuf>,
 }
 
 impl HashEmbedder {
     /// A hash embedder producing vectors of `dimension` floats.
     pub fn new(dimension: usize) -> Self {
-        Self { dimension, model_id: format!("freshet/hash-{dimension}") }
+        Self { dimension, model_id: format!("freshet/hash-{dimension}"), call_log: None }
+    }
+
+    /// Also append the number of texts of every call to `path` (one line, written before
+    /// the vectors are returned).
+    pub fn with_call_log(mut self, path: std::path::PathBuf) -> Self {
+        self.call_log = Some(path);
+        self
     }
 
     /// The vector for a content hash (what [`Embedder::embed`] returns for a text whose
@@ -61,6 +71,16 @@ impl Embedder for HashEmbedder {
     }
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if let Some(path) = &self.call_log {
+            use std::io::Write as _;
+            let line = format!("{}\n", texts.len());
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(line.as_bytes()))
+                .map_err(|e| EmbedError::Permanent(format!("call log {}: {e}", path.display())))?;
+        }
         Ok(texts.iter().map(|t| self.vector_for(&ContentHash::of(t))).collect())
     }
 }

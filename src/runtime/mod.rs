@@ -6,6 +6,7 @@
 //! dataflow's write operator with a `SyncActivator` when the sink acknowledges a time.
 
 pub mod bootstrap;
+pub mod progress;
 pub mod store;
 pub mod writer;
 
@@ -30,7 +31,11 @@ use crate::model::collection_namespace;
 use crate::sink::embedded::EmbeddedSink;
 use crate::sink::{SinkOp, VectorSink};
 use crate::source::decode::DecodeSpec;
-use crate::source::file::{file_source, now_ms, FileSourceOptions, SourceProgress};
+use crate::config::SourceKind;
+use crate::source::file::{file_source, FileSourceOptions};
+use crate::source::kafka::reader::{kafka_source, KafkaSourceOptions};
+use crate::source::kafka::{plan, KafkaSourceError, StartPosition};
+use crate::source::{now_ms, SourceProgress};
 use crate::telemetry::metrics::Metrics;
 use store::{DeadLetterLog, TombstoneLog};
 use writer::{RuntimeWriter, WriterShared};
@@ -55,6 +60,12 @@ pub enum RuntimeError {
     /// The source failed (the counters cover what was read before).
     #[error("source: {0}")]
     Source(String),
+    /// The Kafka source could not start.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaSourceError),
+    /// The configuration does not fit the pipeline.
+    #[error("{0}")]
+    Config(String),
     /// Timely failed to start or a worker panicked.
     #[error("dataflow: {0}")]
     Dataflow(String),
@@ -65,21 +76,50 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
     move |source| RuntimeError::Io { what, source }
 }
 
-/// Options of `freshet run`.
+/// Options of `freshet run` (and `freshet replay`).
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// The pipeline.
     pub dataflow: DataflowSpec,
     /// Where it runs.
     pub config: RuntimeConfig,
-    /// Stop once the input is fully indexed.
+    /// Stop once the input is fully indexed (for Kafka: up to the high watermarks seen at
+    /// start).
     pub until_end: bool,
+    /// A replay instead of the live pipeline.
+    pub replay: Option<Replay>,
+}
+
+/// `freshet replay`: re-read Kafka from a position to the current end, without touching
+/// the live consumer group.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// Where reading starts.
+    pub from: StartPosition,
+    /// Build this collection instead of the dataflow's (point ids stay those of the
+    /// dataflow's collection, so the two compare point by point).
+    pub into: Option<String>,
+    /// Draw a progress bar on stderr.
+    pub progress_bar: bool,
+}
+
+impl RunOptions {
+    /// A live run.
+    pub fn live(dataflow: DataflowSpec, config: RuntimeConfig, until_end: bool) -> Self {
+        Self { dataflow, config, until_end, replay: None }
+    }
 }
 
 /// Open the embedder a spec names.
 pub fn open_embedder(spec: &EmbedderSpec) -> Result<Arc<dyn Embedder>, RuntimeError> {
     Ok(match spec.kind {
-        EmbedderKind::Hash => Arc::new(HashEmbedder::new(spec.dimension)),
+        EmbedderKind::Hash => {
+            let e = HashEmbedder::new(spec.dimension);
+            Arc::new(match &spec.call_log {
+                Some(p) => e.with_call_log(p.clone()),
+                None => e,
+            })
+        }
         EmbedderKind::LocalMinilm => {
             let dir = spec.model_dir.clone().unwrap_or_else(|| PathBuf::from("models/all-MiniLM-L6-v2"));
             Arc::new(LocalMiniLm::load(&dir, spec.max_tokens)?)
@@ -87,9 +127,9 @@ pub fn open_embedder(spec: &EmbedderSpec) -> Result<Arc<dyn Embedder>, RuntimeEr
     })
 }
 
-/// Open (or create) the pipeline's collection.
-pub fn open_sink(data_dir: &Path, spec: &DataflowSpec, dimension: usize) -> Result<Arc<dyn VectorSink>, RuntimeError> {
-    Ok(Arc::new(EmbeddedSink::open(data_dir, &spec.sink.collection, dimension)?))
+/// Open (or create) a collection.
+pub fn open_sink(data_dir: &Path, collection: &str, dimension: usize) -> Result<Arc<dyn VectorSink>, RuntimeError> {
+    Ok(Arc::new(EmbeddedSink::open(data_dir, collection, dimension)?))
 }
 
 /// Apply an `--embedder` override.
@@ -102,11 +142,33 @@ pub fn with_embedder(mut spec: DataflowSpec, kind: Option<EmbedderKind>) -> Data
 
 /// Run a pipeline. Returns the acknowledged counters.
 pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeError> {
-    let RunOptions { dataflow: spec, config, until_end } = opts;
+    let RunOptions { dataflow: spec, config, until_end, replay } = opts;
     std::fs::create_dir_all(&config.data_dir).map_err(io(format!("creating {}", config.data_dir.display())))?;
     let started = Instant::now();
+    // The collection written; point ids always use the dataflow's collection name.
+    let collection = replay.as_ref().and_then(|r| r.into.clone()).unwrap_or_else(|| spec.sink.collection.clone());
+    if replay.is_some() && spec.source.kind != SourceKind::Kafka {
+        return Err(RuntimeError::Config("`replay` needs a kafka source".into()));
+    }
+    // Where each Kafka partition starts (asked before anything else opens).
+    let kafka_plan = match spec.source.kind {
+        SourceKind::File => None,
+        SourceKind::Kafka => {
+            let Some(k) = &config.kafka else {
+                return Err(RuntimeError::Config(
+                    "the dataflow reads Kafka but the runtime config has no [kafka] section".into(),
+                ));
+            };
+            let from = replay.as_ref().map_or(StartPosition::Committed, |r| r.from.clone());
+            let p = plan(k, &spec.source.topics, &from, until_end || replay.is_some())?;
+            for pp in &p {
+                tracing::info!(topic = %pp.topic, partition = pp.partition, start = pp.start, end = ?pp.end, high_watermark = pp.high_watermark, "partition planned");
+            }
+            Some(p)
+        }
+    };
     let embedder = open_embedder(&spec.embedder)?;
-    let sink = open_sink(&config.data_dir, &spec, embedder.dimension())?;
+    let sink = open_sink(&config.data_dir, &collection, embedder.dimension())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -122,7 +184,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     }
 
     let (tombstone_log, tombstones) =
-        TombstoneLog::open(&config.data_dir, &spec.sink.collection).map_err(io("opening the tombstone log"))?;
+        TombstoneLog::open(&config.data_dir, &collection).map_err(io("opening the tombstone log"))?;
     let shape = DocShape::new(&spec);
     let boot = bootstrap::rebuild(sink.as_ref(), &shape, embedder.model_id(), &tombstones, config.workers)?;
     tracing::info!(
@@ -202,7 +264,11 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         table: spec.source.table.clone(),
         max_record_bytes: config.max_record_bytes,
     };
-    let progress = Arc::new(SourceProgress::default());
+    let progress = Arc::new(SourceProgress::new(config.workers));
+    let bar = match &replay {
+        Some(r) if r.progress_bar => Some(progress::spawn_bar(Arc::clone(&progress))),
+        _ => None,
+    };
     let inits: Arc<Mutex<Vec<Option<InitialState>>>> =
         Arc::new(Mutex::new(boot.workers.into_iter().map(Some).collect()));
     let handle = rt.handle().clone();
@@ -214,11 +280,26 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     let file_opts = FileSourceOptions {
         path: source_path,
         key_separator: spec.source.key_separator.clone(),
-        decode,
+        format: spec.source.format,
+        decode: decode.clone(),
         max_records_per_pass: config.max_records_per_pass,
         until_end,
         max_passes_in_flight: config.max_passes_in_flight,
     };
+    let kafka_opts = match (&kafka_plan, &config.kafka) {
+        (Some(plan), Some(k)) => Some(KafkaSourceOptions {
+            kafka: k.clone(),
+            plan: plan.clone(),
+            format: spec.source.format,
+            decode,
+            max_records_per_pass: config.max_records_per_pass,
+            max_passes_in_flight: config.max_passes_in_flight,
+            commit: replay.is_none(),
+            local_index: 0,
+        }),
+        _ => None,
+    };
+    let workers_per_process = config.workers;
     let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
         let index = worker.index();
         let init = inits.lock().ok().and_then(|mut v| v.get_mut(index).and_then(Option::take)).unwrap_or_default();
@@ -227,6 +308,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         let handle = handle.clone();
         let progress = Arc::clone(&progress_w);
         let opts = file_opts.clone();
+        let kafka = kafka_opts.clone().map(|k| KafkaSourceOptions { local_index: index % workers_per_process, ..k });
         let metrics_s = Arc::clone(&metrics_w);
         let sizes: SizeObserver = Arc::new(move |kind, total| {
             let gauge = match kind {
@@ -238,7 +320,10 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         let probe = timely::dataflow::operators::probe::Handle::<Time>::new();
         let sink_probe = probe.clone();
         worker.dataflow::<Time, _, _>(move |scope| {
-            let routed = file_source(scope, opts, progress, sink_probe.clone());
+            let routed = match kafka {
+                Some(k) => kafka_source(scope, k, progress, sink_probe.clone()),
+                None => file_source(scope, opts, progress, sink_probe.clone()),
+            };
             crate::dataflow::pipeline::build(
                 routed,
                 shape,
@@ -278,6 +363,9 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         tracing::info!("waiting for a background index build to finish");
     }
     let _ = optimizer.join();
+    if let Some(b) = bar {
+        b.finish();
+    }
     let totals = metrics.totals();
     tracing::info!(
         received = totals.received,
@@ -311,8 +399,10 @@ fn points_written(t: &Tally) -> u64 {
 /// the sink frontier), 0 when caught up. Returns whether work is pending.
 fn update_lag(metrics: &Metrics, progress: &SourceProgress, sink_frontier: Option<Time>) -> bool {
     metrics.sync_received(progress.records.load(Ordering::Relaxed));
-    let source = progress.frontier_ms.load(Ordering::Relaxed);
-    metrics.source_frontier_ms.set(source as i64);
+    let source = progress.frontier_ms();
+    if source != u64::MAX {
+        metrics.source_frontier_ms.set(source as i64);
+    }
     let (lag, pending) = match sink_frontier {
         Some(sink) => {
             metrics.sink_frontier_ms.set(sink as i64);

@@ -180,6 +180,7 @@ fn build_ops(
                 // The chunk can never be embedded: no stale point may stay at its position.
                 let reason = r.failed.get(&u.hash).cloned().unwrap_or_else(|| "no vector".into());
                 dead.push(DeadLetter {
+                    origin: None,
                     position: 0,
                     stage: "embed".into(),
                     reason: "embedding_rejected".into(),
@@ -254,6 +255,7 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
                 tracing::error!(time = r.time, error = %e, "sink rejected a batch; writing it to the dead-letter file");
                 for w in &r.batch.writes {
                     dead.push(DeadLetter {
+                        origin: None,
                         position: 0,
                         stage: "sink".into(),
                         reason: "sink_rejected".into(),

@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +17,10 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::{Scope, Stream};
 
-use crate::dataflow::{Ingested, Routed, Time};
-use crate::model::{route, DeadLetter, SourceRecord};
-use crate::source::decode::debezium::decode_debezium_json;
-use crate::source::decode::{DecodeSpec, Decoded, SkipKind};
+use crate::config::SourceFormat;
+use crate::dataflow::{Routed, Time};
+use crate::source::decode::DecodeSpec;
+use crate::source::{ingest, now_ms, RawRecord, SourceProgress};
 
 /// Options of the file source.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct FileSourceOptions {
     pub path: PathBuf,
     /// `key<sep>value` lines when set.
     pub key_separator: Option<String>,
+    /// Record format.
+    pub format: SourceFormat,
     /// Decoding rules.
     pub decode: DecodeSpec,
     /// Lines per pass.
@@ -40,33 +42,12 @@ pub struct FileSourceOptions {
     pub max_passes_in_flight: usize,
 }
 
-/// Progress shared with the runtime (for lag and the `received` counter).
-#[derive(Debug, Default)]
-pub struct SourceProgress {
-    /// Records read.
-    pub records: AtomicU64,
-    /// The source frontier (the time of the next records), 0 before start.
-    pub frontier_ms: AtomicU64,
-    /// Whether the reader has reached the end of its input at least once.
-    pub caught_up: AtomicBool,
-    /// Whether the reader is finished (its capability dropped).
-    pub finished: AtomicBool,
-    /// Set to ask the reader to stop.
-    pub stop: AtomicBool,
-    /// Why the reader gave up, if it did (the run then fails).
-    pub error: std::sync::Mutex<Option<String>>,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Decode one line into a routed item (`peers` copies for a broadcast truncate).
+/// Decode one line (`key<sep>value` when `key_separator` is set) into routed items.
 pub fn ingest_line(
     line: &[u8],
     position: u64,
     key_separator: Option<&str>,
+    format: SourceFormat,
     spec: &DecodeSpec,
     peers: usize,
     out: &mut Vec<Routed>,
@@ -80,44 +61,9 @@ pub fn ingest_line(
         },
         _ => (None, line),
     };
-    match decode_debezium_json(spec, key, Some(value), position) {
-        Ok(Decoded::Record(SourceRecord::Doc(c))) => {
-            out.push(Routed { target: route(&c.doc_id), counted: true, item: Ingested::Record(SourceRecord::Doc(c)) })
-        }
-        Ok(Decoded::Record(t @ SourceRecord::Truncate { .. })) => {
-            for w in 0..peers.max(1) {
-                out.push(Routed { target: w as u64, counted: w == 0, item: Ingested::Record(t.clone()) });
-            }
-        }
-        Ok(Decoded::Skip(kind)) => out.push(Routed {
-            target: position,
-            counted: true,
-            item: Ingested::Skipped { position, kind: skip_name(&kind).into() },
-        }),
-        Err(e) => out.push(Routed {
-            target: position,
-            counted: true,
-            item: Ingested::Dead(DeadLetter {
-                position,
-                stage: "decode".into(),
-                reason: e.kind.as_str().into(),
-                error: e.to_string(),
-                doc_id: None,
-                record_excerpt: Some(String::from_utf8_lossy(&line[..line.len().min(1024)]).into_owned()),
-                record_bytes: Some(line.len()),
-            }),
-        }),
-    }
-}
-
-fn skip_name(k: &SkipKind) -> &'static str {
-    match k {
-        SkipKind::Tombstone => "tombstone",
-        SkipKind::Heartbeat => "heartbeat",
-        SkipKind::Message => "message",
-        SkipKind::TransactionMetadata => "transaction",
-        SkipKind::OtherTable => "other_table",
-    }
+    let value = if value.trim_ascii() == b"null" { None } else { Some(value) };
+    let record = RawRecord { key, value, position, timestamp_ms: None, headers: &[] };
+    ingest(format, spec, record, || None, peers, out);
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -137,6 +83,9 @@ pub fn file_source<'scope>(
     source(scope, "FileSource", move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut cap = if index == 0 { Some(cap) } else { None };
+        if index != 0 {
+            progress.finish(index);
+        }
         let mut reader: Option<BufReader<File>> = None;
         let mut position: u64 = 0;
         let mut last_time: Time = 0;
@@ -144,9 +93,12 @@ pub fn file_source<'scope>(
         let mut failed = false;
         let mut outstanding: VecDeque<Time> = VecDeque::new();
         move |output| {
-            let Some(c) = cap.as_mut() else { return };
+            let Some(c) = cap.as_mut() else {
+                progress.finish(index);
+                return;
+            };
             if progress.stop.load(Ordering::Relaxed) || failed {
-                progress.finished.store(true, Ordering::Relaxed);
+                progress.finish(index);
                 cap = None;
                 return;
             }
@@ -163,9 +115,7 @@ pub fn file_source<'scope>(
                     Ok(f) => reader = Some(BufReader::with_capacity(1 << 20, f)),
                     Err(e) => {
                         tracing::error!(path = %opts.path.display(), error = %e, "cannot open the input file");
-                        if let Ok(mut g) = progress.error.lock() {
-                            *g = Some(format!("cannot open the input file {}: {e}", opts.path.display()));
-                        }
+                        progress.fail(format!("cannot open the input file {}: {e}", opts.path.display()));
                         failed = true;
                         activator.activate();
                         return;
@@ -195,6 +145,7 @@ pub fn file_source<'scope>(
                                 &buf,
                                 position,
                                 opts.key_separator.as_deref(),
+                                opts.format,
                                 &opts.decode,
                                 peers,
                                 &mut routed,
@@ -203,9 +154,7 @@ pub fn file_source<'scope>(
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "reading the input file failed");
-                            if let Ok(mut g) = progress.error.lock() {
-                                *g = Some(format!("reading the input file {} failed: {e}", opts.path.display()));
-                            }
+                            progress.fail(format!("reading the input file {} failed: {e}", opts.path.display()));
                             eof = true;
                             failed = true;
                             break;
@@ -218,11 +167,11 @@ pub fn file_source<'scope>(
                 output.session(&*c).give_iterator(routed.into_iter());
                 outstanding.push_back(time);
             }
-            progress.frontier_ms.store(time + 1, Ordering::Relaxed);
+            progress.set_frontier(index, time + 1);
             if eof {
                 progress.caught_up.store(true, Ordering::Relaxed);
                 if opts.until_end {
-                    progress.finished.store(true, Ordering::Relaxed);
+                    progress.finish(index);
                     cap = None;
                 } else {
                     activator.activate_after(Duration::from_millis(200));

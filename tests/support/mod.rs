@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod kafka;
+
 use freshet::config::DataflowSpec;
 use freshet::dataflow::chunk::Chunker;
 use freshet::embed::hash::HashEmbedder;

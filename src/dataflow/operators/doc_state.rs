@@ -157,6 +157,7 @@ pub fn process_time(
                     Outcome::Rejected(r) => {
                         tally.dead_lettered += 1;
                         out.push(StateOut::Dead(DeadLetter {
+                            origin: None,
                             position: c.position,
                             stage: "document".into(),
                             reason: r.reason.into(),

@@ -150,7 +150,7 @@ impl Op {
 }
 
 /// Parse JSON bytes; `what` ("value", "record key") names them in errors.
-fn parse_json(bytes: &[u8], what: &str) -> Result<Value, DecodeError> {
+pub(super) fn parse_json(bytes: &[u8], what: &str) -> Result<Value, DecodeError> {
     serde_json::from_slice(bytes).map_err(|e| match std::str::from_utf8(bytes) {
         Err(utf8) => DecodeError::new(
             DecodeErrorKind::InvalidUtf8,
@@ -162,7 +162,7 @@ fn parse_json(bytes: &[u8], what: &str) -> Result<Value, DecodeError> {
 
 /// `{"schema":…,"payload":P}` (JsonConverter with `schemas.enable=true`) → `P`; anything
 /// else unchanged.
-fn unwrap_schema(value: Value) -> Value {
+pub(super) fn unwrap_schema(value: Value) -> Value {
     match value {
         Value::Object(mut map)
             if map.contains_key("payload") && map.keys().all(|k| k == "schema" || k == "payload") =>
@@ -219,7 +219,7 @@ fn table_matches(filter: &str, envelope: &Map<String, Value>) -> Result<bool, De
 }
 
 /// Follow a dotted path (`source.lsn`) through nested objects.
-fn lookup<'a>(envelope: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+pub(super) fn lookup<'a>(envelope: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     let mut parts = path.split('.');
     let mut current = envelope.get(parts.next()?)?;
     for part in parts {
@@ -229,7 +229,7 @@ fn lookup<'a>(envelope: &'a Map<String, Value>, path: &str) -> Option<&'a Value>
 }
 
 /// An unsigned integer from a JSON number or a numeric string.
-fn as_u64(value: &Value) -> Option<u64> {
+pub(super) fn as_u64(value: &Value) -> Option<u64> {
     match value {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse().ok(),
@@ -338,7 +338,7 @@ impl Key {
 }
 
 /// The document id from the `row_name` row's id columns, each falling back to the key.
-fn doc_id(
+pub(super) fn doc_id(
     spec: &DecodeSpec,
     row: Option<&Map<String, Value>>,
     row_name: &str,
@@ -462,7 +462,7 @@ fn avro_json_error(what: &str, branch: &str) -> DecodeError {
 }
 
 /// A short human description of a JSON value for error messages.
-fn describe(value: &Value) -> String {
+pub(super) fn describe(value: &Value) -> String {
     match value {
         Value::Null => "null".to_owned(),
         Value::Bool(b) => format!("a boolean ({b})"),

@@ -6,6 +6,7 @@
 //! [`debezium`]; Avro with a schema registry comes later.
 
 pub mod debezium;
+pub mod upsert;
 
 use std::fmt;
 

@@ -1,0 +1,375 @@
+//! The Kafka reader operator: each timely worker reads the partitions [`owner`] gives it,
+//! one librdkafka partition queue each, polled without blocking, at most
+//! `max_records_per_pass` records per partition per activation.
+//!
+//! **Reclocking.** A pass stamps everything it read with one pipeline time (ingestion
+//! milliseconds, strictly increasing per worker) and records a binding: that time → the
+//! next offset of each partition it advanced. Times are totally ordered; the bindings map
+//! them back to per-partition offsets.
+//!
+//! **Acknowledgement.** Once the sink frontier (a probe after the write operator) has
+//! passed a binding's time, every record up to those offsets is in the collection, so the
+//! offsets are committed to the consumer group (asynchronously, every
+//! `commit_interval_ms`, and synchronously at a clean stop). A failed commit is a warning:
+//! the next one covers it. Nothing else moves the group's offsets.
+//!
+//! **Backpressure.** While `max_passes_in_flight` passes are unacknowledged the worker
+//! pauses its partitions (consumer pause/resume), so librdkafka stops fetching and memory
+//! stays bounded by the prefetch limit.
+//!
+//! **Frontier.** The capability follows the clock even when no records arrive, so an idle
+//! or caught-up topic does not hold the frontier back.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::{Scope, Stream};
+
+use super::client::{client_config, FreshetContext};
+use super::{owner, PartitionPlan};
+use crate::config::{KafkaConfig, SourceFormat};
+use crate::dataflow::{Routed, Time};
+use crate::source::decode::DecodeSpec;
+use crate::source::{ingest, now_ms, RawRecord, SourceProgress};
+
+/// Options of the Kafka reader.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceOptions {
+    /// Brokers, group, client properties.
+    pub kafka: KafkaConfig,
+    /// Every partition to read and where (the same list on every worker and process).
+    pub plan: Vec<PartitionPlan>,
+    /// Record format.
+    pub format: SourceFormat,
+    /// Decoding rules.
+    pub decode: DecodeSpec,
+    /// Records per partition per pass.
+    pub max_records_per_pass: usize,
+    /// Unacknowledged passes before the partitions are paused.
+    pub max_passes_in_flight: usize,
+    /// Commit acknowledged offsets to the consumer group (off for replays).
+    pub commit: bool,
+    /// This worker's index within its process (for [`SourceProgress`]).
+    pub local_index: usize,
+}
+
+/// One owned partition.
+struct Owned {
+    topic: String,
+    partition: i32,
+    queue: rdkafka::consumer::base_consumer::PartitionQueue<FreshetContext>,
+    /// Next offset to read.
+    next: i64,
+    /// Stop before this offset.
+    end: Option<i64>,
+    /// Last offset committed (or the start: nothing to commit below it).
+    committed: i64,
+    /// Offset whose commit the sink has allowed but that is not committed yet.
+    committable: i64,
+}
+
+impl Owned {
+    fn done(&self) -> bool {
+        self.end.is_some_and(|e| self.next >= e)
+    }
+}
+
+/// The Kafka source operator (see the module docs). `sink` is the sink frontier's probe.
+pub fn kafka_source<'scope>(
+    scope: Scope<'scope, Time>,
+    opts: KafkaSourceOptions,
+    progress: Arc<SourceProgress>,
+    sink: ProbeHandle<Time>,
+) -> Stream<'scope, Time, Vec<Routed>> {
+    let peers = scope.peers();
+    let index = scope.index();
+    let worker = scope.worker();
+    source(scope, "KafkaSource", move |cap, info| {
+        let activator = scope.activator_for(std::rc::Rc::clone(&info.address));
+        let sync_activator = Arc::new(Mutex::new(worker.sync_activator_for(info.address.to_vec())));
+        let local = opts.local_index;
+        let mine: Vec<&PartitionPlan> =
+            opts.plan.iter().enumerate().filter(|(i, _)| owner(*i, peers) == index).map(|(_, p)| p).collect();
+
+        // Set up the consumer for the owned partitions; a failure ends the run with the error.
+        let setup = || -> Result<(Arc<BaseConsumer<FreshetContext>>, Vec<Owned>), String> {
+            let (mut config, redactor) =
+                client_config(&opts.kafka, Some(&opts.kafka.group_id)).map_err(|e| e.to_string())?;
+            // Statistics carry the brokers' high watermarks (the backlog) at no extra cost.
+            config.set("statistics.interval.ms", "1000");
+            let context = FreshetContext { redactor: redactor.clone(), progress: Some(Arc::clone(&progress)) };
+            let consumer: BaseConsumer<FreshetContext> = config
+                .create_with_context(context)
+                .map_err(|e| format!("cannot create the Kafka consumer: {}", redactor.redact(&e.to_string())))?;
+            let consumer = Arc::new(consumer);
+            let mut tpl = TopicPartitionList::new();
+            for p in &mine {
+                tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.start))
+                    .map_err(|e| format!("assigning {}[{}]: {e}", p.topic, p.partition))?;
+            }
+            consumer.assign(&tpl).map_err(|e| format!("assigning partitions: {}", redactor.redact(&e.to_string())))?;
+            let mut owned = Vec::new();
+            for p in &mine {
+                let mut queue = consumer
+                    .split_partition_queue(&p.topic, p.partition)
+                    .ok_or_else(|| format!("no queue for {}[{}]", p.topic, p.partition))?;
+                let wake = Arc::clone(&sync_activator);
+                queue.set_nonempty_callback(move || {
+                    if let Ok(a) = wake.lock() {
+                        let _ = a.activate();
+                    }
+                });
+                progress.update_partition(&p.topic, p.partition, |pp| {
+                    pp.start = p.start;
+                    pp.read = p.start;
+                    pp.high_watermark = p.high_watermark;
+                    pp.end = p.end;
+                });
+                owned.push(Owned {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    queue,
+                    next: p.start,
+                    end: p.end,
+                    committed: p.start,
+                    committable: p.start,
+                });
+            }
+            Ok((consumer, owned))
+        };
+        let (mut cap, mut consumer, mut owned) = if mine.is_empty() {
+            progress.finish(local);
+            (None, None, Vec::new())
+        } else {
+            match setup() {
+                Ok((c, o)) => (Some(cap), Some(c), o),
+                Err(e) => {
+                    tracing::error!(error = %e, "the Kafka source cannot start");
+                    progress.fail(e);
+                    progress.finish(local);
+                    (None, None, Vec::new())
+                }
+            }
+        };
+        for o in &owned {
+            tracing::info!(worker = index, topic = %o.topic, partition = o.partition, offset = o.next, "reading partition");
+        }
+
+        let mut last_time: Time = 0;
+        // (time, [(owned index, next offset after the pass)]), oldest first.
+        let mut bindings: VecDeque<(Time, Vec<(usize, i64)>)> = VecDeque::new();
+        let mut paused = false;
+        let mut last_commit = Instant::now();
+        let commit_every = Duration::from_millis(opts.kafka.commit_interval_ms.max(1));
+        let mut routed: Vec<Routed> = Vec::new();
+        // Messages that reached the consumer's main queue before the partition queues were
+        // split off (a narrow start-up window): read before their partition's queue.
+        let mut early: Vec<rdkafka::message::OwnedMessage> = Vec::new();
+
+        move |output| {
+            let Some(c) = cap.as_mut() else { return };
+            let Some(kc) = consumer.as_ref() else { return };
+            // Serve librdkafka's callbacks (commit results, errors). Messages normally arrive
+            // on the partition queues; any that came before the split are handled here.
+            while let Some(m) = kc.poll(Duration::ZERO) {
+                match m {
+                    Ok(m) => early.push(m.detach()),
+                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
+                }
+            }
+
+            // Acknowledge: bindings whose time the sink frontier has passed.
+            while bindings.front().is_some_and(|(t, _)| !sink.less_equal(t)) {
+                if let Some((_, offsets)) = bindings.pop_front() {
+                    for (i, next) in offsets {
+                        if let Some(o) = owned.get_mut(i) {
+                            o.committable = o.committable.max(next);
+                        }
+                    }
+                }
+            }
+            let stopping = progress.stop.load(Ordering::Relaxed) || owned.iter().all(Owned::done);
+            let due = last_commit.elapsed() >= commit_every;
+            if opts.commit && (due || (stopping && bindings.is_empty())) {
+                let mut tpl = TopicPartitionList::new();
+                for o in owned.iter().filter(|o| o.committable > o.committed) {
+                    let _ = tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.committable));
+                }
+                if tpl.count() > 0 {
+                    let mode = if stopping { CommitMode::Sync } else { CommitMode::Async };
+                    match kc.commit(&tpl, mode) {
+                        Ok(()) => {
+                            for o in owned.iter_mut() {
+                                o.committed = o.committed.max(o.committable);
+                            }
+                            if stopping {
+                                progress.commits.fetch_add(1, Ordering::Relaxed);
+                                for o in &owned {
+                                    progress.update_partition(&o.topic, o.partition, |p| {
+                                        p.committed = p.committed.max(o.committed)
+                                    });
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            progress.commit_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
+                        }
+                    }
+                }
+                last_commit = Instant::now();
+            }
+
+            if stopping {
+                // Hold the capability until every pass is acknowledged (and committed).
+                if bindings.is_empty() {
+                    if owned.iter().all(Owned::done) {
+                        progress.caught_up.store(true, Ordering::Relaxed);
+                    }
+                    progress.finish(local);
+                    cap = None;
+                    consumer = None;
+                    owned.clear();
+                } else {
+                    activator.activate_after(Duration::from_millis(5));
+                }
+                return;
+            }
+
+            // Backpressure: pause while too many passes are unacknowledged.
+            if bindings.len() >= opts.max_passes_in_flight.max(1) {
+                if !paused {
+                    let mut tpl = TopicPartitionList::new();
+                    for o in &owned {
+                        tpl.add_partition(&o.topic, o.partition);
+                    }
+                    if let Err(e) = kc.pause(&tpl) {
+                        tracing::warn!(error = %e, "pausing partitions failed");
+                    }
+                    paused = true;
+                }
+                activator.activate_after(Duration::from_millis(5));
+                return;
+            }
+            if paused {
+                let mut tpl = TopicPartitionList::new();
+                for o in &owned {
+                    tpl.add_partition(&o.topic, o.partition);
+                }
+                if let Err(e) = kc.resume(&tpl) {
+                    tracing::warn!(error = %e, "resuming partitions failed");
+                }
+                paused = false;
+            }
+
+            // One pass.
+            let time = now_ms().max(last_time + 1);
+            c.downgrade(&time);
+            last_time = time;
+            let mut advanced = Vec::new();
+            let mut more = false;
+            let mut read = 0u64;
+            for (i, o) in owned.iter_mut().enumerate() {
+                if o.done() {
+                    continue;
+                }
+                let before = o.next;
+                let mut n = 0;
+                let mut ctx = ReadCtx { format: opts.format, decode: &opts.decode, peers, out: &mut routed };
+                let (topic, partition, end) = (o.topic.as_str(), o.partition, o.end);
+                for m in early.iter().filter(|m| m.topic() == topic && m.partition() == partition) {
+                    if read_one(topic, partition, &mut o.next, end, m, &mut ctx) {
+                        n += 1;
+                    }
+                }
+                while n < opts.max_records_per_pass && end.is_none_or(|e| o.next < e) {
+                    let Some(result) = o.queue.poll(Duration::ZERO) else { break };
+                    match result {
+                        Ok(m) => {
+                            if read_one(topic, partition, &mut o.next, end, &m, &mut ctx) {
+                                n += 1;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(topic = %o.topic, partition = o.partition, error = %e, "fetch error");
+                            break;
+                        }
+                    }
+                }
+                if n == opts.max_records_per_pass {
+                    more = true;
+                }
+                read += n as u64;
+                if o.next > before {
+                    advanced.push((i, o.next));
+                    let next = o.next;
+                    progress.update_partition(&o.topic, o.partition, |p| p.read = next);
+                }
+            }
+            early.clear();
+            progress.records.fetch_add(read, Ordering::Relaxed);
+            if !routed.is_empty() {
+                output.session(&*c).give_iterator(routed.drain(..));
+            }
+            if !advanced.is_empty() {
+                bindings.push_back((time, advanced));
+            }
+            // Nothing more comes at `time`: let the frontier pass it now rather than at the
+            // next pass (which backpressure or the end of input may never start).
+            c.downgrade(&(time + 1));
+            progress.set_frontier(local, time + 1);
+            if owned.iter().all(Owned::done) || more {
+                activator.activate();
+            } else {
+                // New records wake the operator through the queues' callbacks; the tick
+                // keeps the frontier following the clock and serves commits.
+                activator.activate_after(Duration::from_millis(100));
+            }
+        }
+    })
+}
+
+/// Where [`read_one`] puts what it decodes.
+struct ReadCtx<'a> {
+    format: SourceFormat,
+    decode: &'a DecodeSpec,
+    peers: usize,
+    out: &'a mut Vec<Routed>,
+}
+
+/// Decode one message of `topic[partition]` (skipping offsets before `next` or at/after
+/// `end`) and advance `next`. Returns whether it was read.
+fn read_one<M: Message>(
+    topic: &str,
+    partition: i32,
+    next: &mut i64,
+    end: Option<i64>,
+    m: &M,
+    ctx: &mut ReadCtx<'_>,
+) -> bool {
+    let offset = m.offset();
+    if offset < *next || end.is_some_and(|e| offset >= e) {
+        return false;
+    }
+    let headers: Vec<(&str, Option<&[u8]>)> = match m.headers() {
+        Some(h) => (0..h.count()).filter_map(|i| h.try_get(i)).map(|h| (h.key, h.value)).collect(),
+        None => Vec::new(),
+    };
+    let record = RawRecord {
+        key: m.key(),
+        value: m.payload(),
+        position: offset.max(0) as u64,
+        timestamp_ms: m.timestamp().to_millis().and_then(|t| u64::try_from(t).ok()),
+        headers: &headers,
+    };
+    ingest(ctx.format, ctx.decode, record, || Some(format!("{topic}[{partition}]@{offset}")), ctx.peers, ctx.out);
+    *next = offset + 1;
+    true
+}
