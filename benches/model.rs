@@ -77,8 +77,7 @@ fn main() {
     let config = RuntimeConfig { workers: 1, data_dir: tmp.path().join("data"), ..RuntimeConfig::default() };
     let data_dir = config.data_dir.clone();
     let start = Instant::now();
-    let totals =
-        run(RunOptions::live(spec, config, true), Arc::new(AtomicBool::new(false))).expect("run");
+    let totals = run(RunOptions::live(spec, config, true), Arc::new(AtomicBool::new(false))).expect("run");
     let secs = start.elapsed().as_secs_f64();
     // Tokens the model saw: every indexed chunk (all were embedded once), truncated at 256.
     let sink = freshet::sink::embedded::EmbeddedSink::open(&data_dir, &collection, 384).expect("open");

@@ -9,9 +9,9 @@ use clap::{Parser, Subcommand};
 
 use freshet::config::{DataflowSpec, EmbedderKind, RuntimeConfig};
 use freshet::runtime::{self, RunOptions};
-use freshet::source::kafka::StartPosition;
 use freshet::sink::embedded::EmbeddedSink;
 use freshet::sink::VectorSink;
+use freshet::source::kafka::StartPosition;
 use freshet::telemetry::{self, metrics::summary_json};
 
 /// candle allocates a fresh buffer per tensor operation; with glibc's malloc, large ones go
@@ -204,8 +204,9 @@ fn real_main() -> Result<()> {
             } else if let Some(o) = &from.from_offsets {
                 StartPosition::parse_offsets(o, &spec.source.topics)?
             } else if let Some(t) = &from.from_timestamp {
-                let at = humantime::parse_rfc3339_weak(t)
-                    .with_context(|| format!("--from-timestamp {t:?} is not an RFC 3339 time (2026-11-22T08:00:00Z)"))?;
+                let at = humantime::parse_rfc3339_weak(t).with_context(|| {
+                    format!("--from-timestamp {t:?} is not an RFC 3339 time (2026-11-22T08:00:00Z)")
+                })?;
                 let ms = at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
                 StartPosition::Timestamp(ms)
             } else {

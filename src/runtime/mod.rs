@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::config::SourceKind;
 use crate::config::{DataflowSpec, EmbedderKind, EmbedderSpec, RuntimeConfig};
 use crate::dataflow::operators::doc_state::InitialState;
 use crate::dataflow::pipeline::{SizeKind, SizeObserver};
@@ -31,7 +32,6 @@ use crate::model::collection_namespace;
 use crate::sink::embedded::EmbeddedSink;
 use crate::sink::{SinkOp, VectorSink};
 use crate::source::decode::DecodeSpec;
-use crate::config::SourceKind;
 use crate::source::file::{file_source, FileSourceOptions};
 use crate::source::kafka::reader::{kafka_source, KafkaSourceOptions};
 use crate::source::kafka::{plan, KafkaSourceError, StartPosition};

@@ -121,7 +121,10 @@ pub fn produce(bootstrap: &str, topic: &str, partitions: i32, events: &[Ev]) -> 
                 Ok(()) => break,
                 Err((e, r)) => {
                     assert!(
-                        matches!(e, rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)),
+                        matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                        ),
                         "produce: {e}"
                     );
                     rec = r;
@@ -153,9 +156,7 @@ fn consumer(bootstrap: &str, group: &str) -> BaseConsumer {
 /// High watermark per partition.
 pub fn high_watermarks(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
     let c = consumer(bootstrap, "freshet-test-probe");
-    (0..partitions)
-        .map(|p| (p, c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1))
-        .collect()
+    (0..partitions).map(|p| (p, c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1)).collect()
 }
 
 /// The group's committed offset per partition (-1: none).
@@ -212,8 +213,9 @@ pub fn kafka_config(dir: &Path, name: &str, workers: usize, bootstrap: &str, gro
     std::fs::write(
         &path,
         format!(
-            "workers = {workers}\ndata_dir = \"{}\"\nmax_records_per_pass = 50\n{extra}\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{group}\"\ncommit_interval_ms = 100\n",
-            dir.join("data").display()
+            "workers = {workers}\ndata_dir = \"{}\"\n{}{extra}\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{group}\"\ncommit_interval_ms = 100\n",
+            dir.join("data").display(),
+            if extra.contains("max_records_per_pass") { "" } else { "max_records_per_pass = 50\n" },
         ),
     )
     .expect("write config");

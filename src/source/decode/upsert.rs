@@ -83,7 +83,13 @@ pub fn decode_upsert_json(
     let doc_id = doc_id(spec, Some(&row), "value", key)?;
     let version = position;
     let row: Row = row.into_iter().map(|(column, v)| (column, FieldValue::Value(v))).collect();
-    Ok(Decoded::Record(SourceRecord::Doc(DocChange { doc_id, version, position, commit_ts_ms, op: ChangeOp::Upsert(row) })))
+    Ok(Decoded::Record(SourceRecord::Doc(DocChange {
+        doc_id,
+        version,
+        position,
+        commit_ts_ms,
+        op: ChangeOp::Upsert(row),
+    })))
 }
 
 #[cfg(test)]
@@ -118,8 +124,7 @@ mod tests {
     #[test]
     fn id_from_plain_string_key_and_position_as_version() {
         let c = change(
-            decode_upsert_json(&spec(None), Some(b"article-7"), Some(br#"{"title": "t"}"#), 41, None)
-                .expect("decodes"),
+            decode_upsert_json(&spec(None), Some(b"article-7"), Some(br#"{"title": "t"}"#), 41, None).expect("decodes"),
         );
         assert_eq!(c.doc_id, DocId("article-7".into()));
         assert_eq!(c.version, 41);

@@ -60,10 +60,8 @@ pub fn client_config(cfg: &KafkaConfig, group_id: Option<&str>) -> Result<(Clien
         c.set(k, v);
     }
     for (property, var) in &cfg.secret_properties {
-        let value = std::env::var(var).map_err(|_| KafkaSourceError::MissingSecret {
-            property: property.clone(),
-            variable: var.clone(),
-        })?;
+        let value = std::env::var(var)
+            .map_err(|_| KafkaSourceError::MissingSecret { property: property.clone(), variable: var.clone() })?;
         redactor.secrets.push(value.clone());
         c.set(property, value);
     }
@@ -101,7 +99,9 @@ impl ClientContext for FreshetContext {
         for (topic, t) in &statistics.topics {
             for (&partition, p) in &t.partitions {
                 if partition >= 0 && p.hi_offset >= 0 {
-                    progress.update_partition(topic, partition, |pp| pp.high_watermark = pp.high_watermark.max(p.hi_offset));
+                    progress.update_partition(topic, partition, |pp| {
+                        pp.high_watermark = pp.high_watermark.max(p.hi_offset)
+                    });
                 }
             }
         }

@@ -152,9 +152,8 @@ pub fn plan(
 ) -> Result<Vec<PartitionPlan>, KafkaSourceError> {
     let (config, redactor) = client_config(cfg, Some(&cfg.group_id))?;
     let context = FreshetContext { redactor: redactor.clone(), progress: None };
-    let consumer: BaseConsumer<FreshetContext> = config
-        .create_with_context(context)
-        .map_err(|e| KafkaSourceError::Client(redactor.redact(&e.to_string())))?;
+    let consumer: BaseConsumer<FreshetContext> =
+        config.create_with_context(context).map_err(|e| KafkaSourceError::Client(redactor.redact(&e.to_string())))?;
     let timeout = Duration::from_millis(cfg.request_timeout_ms);
     let mut plans = Vec::new();
     for topic in topics {
@@ -167,7 +166,7 @@ pub fn plan(
         if let Some(e) = t.error() {
             return Err(KafkaSourceError::Topic {
                 topic: topic.clone(),
-                message: format!("{:?} (does the topic exist?)", rdkafka::types::RDKafkaRespErr::from(e)),
+                message: format!("{} (does the topic exist?)", rdkafka::types::RDKafkaErrorCode::from(e)),
             });
         }
         let mut partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
