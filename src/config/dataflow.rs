@@ -380,6 +380,22 @@ mod tests {
     }
 
     #[test]
+    fn kafka_dataflow_loads_and_upsert_refuses_a_version() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/articles-kafka.toml");
+        let spec = DataflowSpec::load(&path).expect("articles-kafka.toml");
+        assert_eq!(spec.source.kind, SourceKind::Kafka);
+        assert_eq!(spec.source.topics, vec!["app.public.articles".to_string()]);
+        let text = std::fs::read_to_string(&path).expect("read");
+        let upsert = text.replace("format = \"debezium-json\"", "format = \"upsert-json\"");
+        let spec: DataflowSpec = parse_toml(&path, &upsert).expect("parses");
+        let err = spec.validate(&path).expect_err("version with upsert-json");
+        assert!(err.to_string().contains("document.version"), "{err}");
+        let no_topics = text.replace("topics = [\"app.public.articles\"]", "");
+        let spec: DataflowSpec = parse_toml(&path, &no_topics).expect("parses");
+        assert!(spec.validate(&path).is_err());
+    }
+
+    #[test]
     fn articles_dataflow_loads_and_unknown_keys_are_named() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/articles.toml");
         let spec = DataflowSpec::load(&path).expect("articles.toml");

@@ -193,6 +193,18 @@ mod tests {
     use crate::config::parse_toml;
 
     #[test]
+    fn shipped_configs_load_and_owned_kafka_properties_are_refused() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for name in ["local.toml", "kafka.toml"] {
+            RuntimeConfig::load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let text = "[kafka]\nbootstrap_servers = \"b:9092\"\ngroup_id = \"g\"\n[kafka.properties]\n\"enable.auto.commit\" = \"true\"\n";
+        let cfg: RuntimeConfig = parse_toml(Path::new("x.toml"), text).expect("parses");
+        let err = cfg.validate(Path::new("x.toml")).expect_err("owned property");
+        assert!(err.to_string().contains("enable.auto.commit"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err =
             parse_toml::<RuntimeConfig>(Path::new("x.toml"), "workers = 2\nworkerz = 3\n").expect_err("unknown key");

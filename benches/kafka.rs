@@ -1,0 +1,205 @@
+//! Kafka → collection benchmark (harness = false). Starts a tansu broker (the binary
+//! `scripts/kafka-broker install` puts in .tools/bin), produces freshet's generated corpus
+//! (Debezium JSON, keyed by article id, 4 partitions), and times `freshet run --until-end`
+//! with the `hash` embedder into the embedded engine with 1 and with 2 workers (fresh
+//! collection and consumer group each). Then the burst test: peak resident memory of a run
+//! that finds 1× and 10× that backlog waiting in the topic (pause/resume backpressure keeps
+//! it bounded).
+//!
+//! `cargo bench --profile dev --bench kafka -- [--docs N] [--edits N]`
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn freshet_bin() -> PathBuf {
+    // The bench binary lives in target/<profile>/deps; the freshet binary one level up.
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().join("freshet")
+}
+
+fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for r in rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+}
+
+/// Produce the JSON lines of `file`, keyed by article id, partition = id % partitions.
+fn produce_file(bootstrap: &str, topic: &str, partitions: i32, file: &Path) -> usize {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1") // tansu's memory storage needs one record per batch
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+        .unwrap();
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut n = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let row = if v["after"].is_object() { &v["after"] } else { &v["before"] };
+        let id = row["article_id"].as_u64().unwrap_or(0);
+        let key = format!("{{\"article_id\":{id}}}");
+        let mut rec: BaseRecord<'_, String, str> =
+            BaseRecord::to(topic).partition((id % partitions as u64) as i32).key(&key).payload(line);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+        n += 1;
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    n
+}
+
+fn write_files(dir: &Path, topic: &str, bootstrap: &str, group: &str, workers: usize) -> (PathBuf, PathBuf) {
+    let dataflow = dir.join(format!("{group}.dataflow.toml"));
+    let text = std::fs::read_to_string(repo().join("dataflows/articles.toml")).unwrap();
+    let text = text
+        .replace("kind = \"file\"                        # Kafka topics come with the Kafka source", "kind = \"kafka\"")
+        .replace(
+            "path = \"data/articles.events.jsonl\"  # overridden by `freshet run --input`",
+            &format!("topics = [\"{topic}\"]"),
+        );
+    assert!(text.contains("kind = \"kafka\""), "dataflows/articles.toml changed: update the bench");
+    std::fs::write(&dataflow, text).unwrap();
+    let config = dir.join(format!("{group}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "workers = {workers}\ndata_dir = \"{}\"\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{group}\"\n",
+            dir.join(format!("data-{group}")).display()
+        ),
+    )
+    .unwrap();
+    (dataflow, config)
+}
+
+/// Run to the end; returns (seconds, peak RSS in MiB sampled every 50 ms, summary).
+fn run(dataflow: &Path, config: &Path) -> (f64, f64, serde_json::Value) {
+    let start = Instant::now();
+    let mut child = Command::new(freshet_bin())
+        .args(["run", "--until-end", "--embedder", "hash", "--dataflow"])
+        .arg(dataflow)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0u64;
+    while child.try_wait().unwrap().is_none() {
+        if let Ok(s) = std::fs::read_to_string(&status_path) {
+            if let Some(kb) =
+                s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            {
+                peak_kb = peak_kb.max(kb);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "freshet run failed");
+    let summary = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    (secs, peak_kb as f64 / 1024.0, summary)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("benchmark skipped (run it with `cargo bench --profile dev`)");
+        return;
+    }
+    let docs = arg("--docs", 20_000);
+    let edits = arg("--edits", 20_000);
+    let bin = repo().join(".tools/bin/tansu");
+    if !bin.exists() {
+        assert!(Command::new(repo().join("scripts/kafka-broker")).arg("install").status().unwrap().success());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut broker = Command::new(&bin)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bootstrap = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+
+    // Throughput: snapshot + edits, 1 vs 2 workers.
+    let events = dir.path().join("events.jsonl");
+    let plan = freshet::workload::Plan { docs, edits, flips: edits / 10, deletes: edits / 20, seed: 7 };
+    freshet::workload::write_files(&events, None, &plan).unwrap();
+    create_topic(&bootstrap, "articles", 4);
+    let t = Instant::now();
+    let n = produce_file(&bootstrap, "articles", 4, &events);
+    eprintln!("produced {n} events in {:.1}s", t.elapsed().as_secs_f64());
+    for workers in [1, 2] {
+        let (dataflow, config) = write_files(dir.path(), "articles", &bootstrap, &format!("bench-w{workers}"), workers);
+        let (secs, rss, summary) = run(&dataflow, &config);
+        println!(
+            "kafka→collection, {workers} worker(s): {n} events in {secs:.1}s = {:.0} events/s; peak RSS {rss:.0} MiB; chunks embedded {}",
+            n as f64 / secs,
+            summary["chunks_embedded"]
+        );
+    }
+
+    // Burst: 1× and 10× backlog waiting in the topic; peak memory of the run.
+    let small = docs / 10;
+    for (label, k) in [("1x", 1usize), ("10x", 10)] {
+        let topic = format!("burst-{label}");
+        let file = dir.path().join(format!("{topic}.jsonl"));
+        let plan = freshet::workload::Plan { docs: small * k, edits: small * k, flips: 0, deletes: 0, seed: 9 };
+        freshet::workload::write_files(&file, None, &plan).unwrap();
+        create_topic(&bootstrap, &topic, 4);
+        let n = produce_file(&bootstrap, &topic, 4, &file);
+        let (dataflow, config) = write_files(dir.path(), &topic, &bootstrap, &format!("burst-{label}"), 2);
+        let (secs, rss, _) = run(&dataflow, &config);
+        println!("burst {label}: {n} events backlogged, drained in {secs:.1}s; peak RSS {rss:.0} MiB");
+    }
+    let _ = broker.kill();
+    let _ = broker.wait();
+}
