@@ -34,19 +34,7 @@ pub fn decode_debezium_json(
     value: Option<&[u8]>,
     position: u64,
 ) -> Result<Decoded, DecodeError> {
-    let key_len = key.map_or(0, <[u8]>::len);
-    let value_len = value.map_or(0, <[u8]>::len);
-    let total = key_len.saturating_add(value_len);
-    if total > spec.max_record_bytes {
-        return Err(DecodeError::new(
-            DecodeErrorKind::TooLarge,
-            format!(
-                "record is {total} bytes (key {key_len} + value {value_len}), more than \
-                 max_record_bytes = {}",
-                spec.max_record_bytes
-            ),
-        ));
-    }
+    super::check_size(spec, key, value)?;
 
     let value = match value {
         Some(bytes) if !bytes.trim_ascii().is_empty() => bytes,

@@ -43,6 +43,23 @@ impl DecodeSpec {
     }
 }
 
+/// Reject a record whose key + value exceed [`DecodeSpec::max_record_bytes`].
+pub(crate) fn check_size(spec: &DecodeSpec, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), DecodeError> {
+    let key_len = key.map_or(0, <[u8]>::len);
+    let value_len = value.map_or(0, <[u8]>::len);
+    let total = key_len.saturating_add(value_len);
+    if total > spec.max_record_bytes {
+        return Err(DecodeError::new(
+            DecodeErrorKind::TooLarge,
+            format!(
+                "record is {total} bytes (key {key_len} + value {value_len}), more than max_record_bytes = {}",
+                spec.max_record_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The outcome of decoding one record that is not an error.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decoded {

@@ -27,18 +27,7 @@ pub fn decode_upsert_json(
     position: u64,
     timestamp_ms: Option<u64>,
 ) -> Result<Decoded, DecodeError> {
-    let key_len = key.map_or(0, <[u8]>::len);
-    let value_len = value.map_or(0, <[u8]>::len);
-    let total = key_len.saturating_add(value_len);
-    if total > spec.max_record_bytes {
-        return Err(DecodeError::new(
-            DecodeErrorKind::TooLarge,
-            format!(
-                "record is {total} bytes (key {key_len} + value {value_len}), more than max_record_bytes = {}",
-                spec.max_record_bytes
-            ),
-        ));
-    }
+    super::check_size(spec, key, value)?;
     // A key that is not JSON is its own text (a plain string key such as `article-7`).
     let key_json: Option<Vec<u8>> = match key {
         Some(k) if !k.trim_ascii().is_empty() && serde_json::from_slice::<Value>(k).is_err() => {

@@ -246,11 +246,7 @@ pub fn kafka_source<'scope>(
             // Backpressure: pause while too many passes are unacknowledged.
             if bindings.len() >= opts.max_passes_in_flight.max(1) {
                 if !paused {
-                    let mut tpl = TopicPartitionList::new();
-                    for o in &owned {
-                        tpl.add_partition(&o.topic, o.partition);
-                    }
-                    if let Err(e) = kc.pause(&tpl) {
+                    if let Err(e) = kc.pause(&all_partitions(&owned)) {
                         tracing::warn!(error = %e, "pausing partitions failed");
                     }
                     paused = true;
@@ -259,11 +255,7 @@ pub fn kafka_source<'scope>(
                 return;
             }
             if paused {
-                let mut tpl = TopicPartitionList::new();
-                for o in &owned {
-                    tpl.add_partition(&o.topic, o.partition);
-                }
-                if let Err(e) = kc.resume(&tpl) {
+                if let Err(e) = kc.resume(&all_partitions(&owned)) {
                     tracing::warn!(error = %e, "resuming partitions failed");
                 }
                 paused = false;
@@ -334,6 +326,15 @@ pub fn kafka_source<'scope>(
             }
         }
     })
+}
+
+/// The owned partitions as a list for pause/resume.
+fn all_partitions(owned: &[Owned]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for o in owned {
+        tpl.add_partition(&o.topic, o.partition);
+    }
+    tpl
 }
 
 /// Where [`read_one`] puts what it decodes.
