@@ -155,15 +155,7 @@ fn kill_9_at_random_moments_loses_nothing_and_commits_only_what_is_indexed() {
     let mut kills = 0;
     let mut interrupted = 0;
     for round in 0..5 {
-        let mut child = freshet()
-            .args(["run", "--dataflow"])
-            .arg(&dataflow)
-            .arg("--config")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_run(&dataflow, &config, false);
         std::thread::sleep(std::time::Duration::from_millis(rng.random_range(600..2000)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();

@@ -27,15 +27,7 @@ fn followed_input_serves_metrics_and_stops_on_sigterm() {
         ),
     )
     .unwrap();
-    let child = freshet()
-        .args(["run", "--dataflow"])
-        .arg(&dataflow)
-        .arg("--config")
-        .arg(&config)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&dataflow, &config, true);
 
     let wait_for = |pred: &dyn Fn(&str) -> bool| {
         let start = Instant::now();

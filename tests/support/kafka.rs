@@ -180,31 +180,8 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
 
 /// A Kafka dataflow for tests (hash embedder, small chunks), like `test_dataflow`.
 pub fn kafka_dataflow(dir: &Path, topic: &str, call_log: Option<&Path>) -> PathBuf {
-    let path = dir.join("kafka.dataflow.toml");
-    let log = call_log.map(|p| format!("call_log = \"{}\"\n", p.display())).unwrap_or_default();
-    let text = format!(
-        r#"name = "test"
-[source]
-kind = "kafka"
-topics = ["{topic}"]
-table = "public.articles"
-[document]
-id = ["article_id"]
-version = "source.lsn"
-text = "{{title}}\n\n{{body}}"
-metadata = ["title", "lang", "status"]
-[chunker]
-max_chars = 120
-[embedder]
-kind = "hash"
-dimension = 16
-max_wait_ms = 5
-{log}[sink]
-collection = "articles"
-"#
-    );
-    std::fs::write(&path, text).expect("write dataflow");
-    path
+    let log = call_log.map(|p| format!("call_log = \"{}\"", p.display())).unwrap_or_default();
+    super::write_dataflow(&dir.join("kafka.dataflow.toml"), &format!("kind = \"kafka\"\ntopics = [\"{topic}\"]"), &log)
 }
 
 /// A runtime config reading from `bootstrap` as `group`.

@@ -271,12 +271,15 @@ pub fn write_events(path: &Path, events: &[Ev]) {
 
 /// A dataflow file for tests (hash embedder, small chunks so documents have several).
 pub fn test_dataflow(dir: &Path, input: &Path) -> PathBuf {
-    let path = dir.join("test.dataflow.toml");
+    write_dataflow(&dir.join("test.dataflow.toml"), &format!("kind = \"file\"\npath = \"{}\"", input.display()), "")
+}
+
+/// Write the test dataflow with the given `[source]` lines and extra `[embedder]` lines.
+pub fn write_dataflow(path: &Path, source: &str, embedder_extra: &str) -> PathBuf {
     let text = format!(
         r#"name = "test"
 [source]
-kind = "file"
-path = "{}"
+{source}
 table = "public.articles"
 [document]
 id = ["article_id"]
@@ -289,13 +292,13 @@ max_chars = 120
 kind = "hash"
 dimension = 16
 max_wait_ms = 5
+{embedder_extra}
 [sink]
 collection = "articles"
-"#,
-        input.display()
+"#
     );
-    std::fs::write(&path, text).expect("write dataflow");
-    path
+    std::fs::write(path, text).expect("write dataflow");
+    path.to_path_buf()
 }
 
 pub fn test_config(dir: &Path, workers: usize) -> PathBuf {
@@ -310,6 +313,21 @@ pub fn test_config(dir: &Path, workers: usize) -> PathBuf {
 
 pub fn freshet() -> Command {
     Command::new(env!("CARGO_BIN_EXE_freshet"))
+}
+
+/// Start `freshet run` (following its input) in the background; stderr is discarded and
+/// stdout piped when `capture_stdout` (for the summary printed at SIGTERM).
+pub fn spawn_run(dataflow: &Path, config: &Path, capture_stdout: bool) -> std::process::Child {
+    let stdout = if capture_stdout { std::process::Stdio::piped() } else { std::process::Stdio::null() };
+    freshet()
+        .args(["run", "--dataflow"])
+        .arg(dataflow)
+        .arg("--config")
+        .arg(config)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn freshet run")
 }
 
 /// Run `freshet run --until-end` and return the summary JSON (last stdout line).

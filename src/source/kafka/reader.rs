@@ -69,7 +69,7 @@ struct Owned {
     next: i64,
     /// Stop before this offset.
     end: Option<i64>,
-    /// Last offset committed (or the start: nothing to commit below it).
+    /// Last offset the group confirmed (or the start: nothing to commit below it).
     committed: i64,
     /// Offset whose commit the sink has allowed but that is not committed yet.
     committable: i64,
@@ -198,6 +198,14 @@ pub fn kafka_source<'scope>(
             let stopping = progress.stop.load(Ordering::Relaxed) || owned.iter().all(Owned::done);
             let due = last_commit.elapsed() >= commit_every;
             if opts.commit && (due || (stopping && bindings.is_empty())) {
+                // Commit what the sink allows and the group does not confirm yet: an
+                // asynchronous commit that failed (reported to the context) is sent again.
+                let confirmed = progress.partition_snapshot();
+                for o in owned.iter_mut() {
+                    if let Some(p) = confirmed.get(&(o.topic.clone(), o.partition)) {
+                        o.committed = o.committed.max(p.committed);
+                    }
+                }
                 let mut tpl = TopicPartitionList::new();
                 for o in owned.iter().filter(|o| o.committable > o.committed) {
                     let _ = tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.committable));
@@ -205,19 +213,15 @@ pub fn kafka_source<'scope>(
                 if tpl.count() > 0 {
                     let mode = if stopping { CommitMode::Sync } else { CommitMode::Async };
                     match kc.commit(&tpl, mode) {
-                        Ok(()) => {
+                        Ok(()) if stopping => {
+                            progress.commits.fetch_add(1, Ordering::Relaxed);
                             for o in owned.iter_mut() {
                                 o.committed = o.committed.max(o.committable);
-                            }
-                            if stopping {
-                                progress.commits.fetch_add(1, Ordering::Relaxed);
-                                for o in &owned {
-                                    progress.update_partition(&o.topic, o.partition, |p| {
-                                        p.committed = p.committed.max(o.committed)
-                                    });
-                                }
+                                let c = o.committed;
+                                progress.update_partition(&o.topic, o.partition, |p| p.committed = p.committed.max(c));
                             }
                         }
+                        Ok(()) => {}
                         Err(e) => {
                             progress.commit_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
