@@ -399,6 +399,7 @@ fn points_written(t: &Tally) -> u64 {
 /// the sink frontier), 0 when caught up. Returns whether work is pending.
 fn update_lag(metrics: &Metrics, progress: &SourceProgress, sink_frontier: Option<Time>) -> bool {
     metrics.sync_received(progress.records.load(Ordering::Relaxed));
+    metrics.sync_commits(progress.commits.load(Ordering::Relaxed), progress.commit_failures.load(Ordering::Relaxed));
     let source = progress.frontier_ms();
     if source != u64::MAX {
         metrics.source_frontier_ms.set(source as i64);

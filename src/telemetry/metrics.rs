@@ -25,6 +25,13 @@ pub struct OpLabel {
     pub op: &'static str,
 }
 
+/// Label of a result (`ok`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ResultLabel {
+    /// The result.
+    pub result: &'static str,
+}
+
 /// All metrics of one process.
 pub struct Metrics {
     registry: Registry,
@@ -48,6 +55,8 @@ pub struct Metrics {
     pub source_frontier_ms: Gauge,
     /// Sink frontier (ms since epoch).
     pub sink_frontier_ms: Gauge,
+    /// Kafka offset commits by result (`ok`, `failed`).
+    pub offset_commits: Family<ResultLabel, Counter>,
     /// Live documents in the state (exact, maintained by a differential count).
     pub state_documents: Gauge,
     /// Their chunks: the points the collection holds once caught up.
@@ -101,6 +110,12 @@ impl Metrics {
             "Now minus the sink frontier while work is pending, 0 when caught up",
             frontier_lag_seconds.clone(),
         );
+        let offset_commits = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "offset_commits",
+            "Kafka offset commits of acknowledged records, by result",
+            offset_commits.clone(),
+        );
         registry.register("source_frontier_ms", "Source frontier (ms since epoch)", source_frontier_ms.clone());
         registry.register("sink_frontier_ms", "Sink frontier (ms since epoch)", sink_frontier_ms.clone());
         Self {
@@ -115,6 +130,7 @@ impl Metrics {
             frontier_lag_seconds,
             source_frontier_ms,
             sink_frontier_ms,
+            offset_commits,
             state_documents,
             state_chunks,
             totals: Mutex::new(Tally::default()),
@@ -152,6 +168,17 @@ impl Metrics {
         let seen = self.received.get();
         if total > seen {
             self.received.inc_by(total - seen);
+        }
+    }
+
+    /// Bring the offset-commit counters up to the source's totals.
+    pub fn sync_commits(&self, ok: u64, failed: u64) {
+        for (result, total) in [("ok", ok), ("failed", failed)] {
+            let c = self.offset_commits.get_or_create(&ResultLabel { result });
+            let seen = c.get();
+            if total > seen {
+                c.inc_by(total - seen);
+            }
         }
     }
 

@@ -87,12 +87,18 @@ pub fn doc_of(ev: &Ev) -> Option<u64> {
 /// (so each document's events keep their order), others to partition 0. Returns the
 /// (partition, offset) of every event, in order.
 pub fn produce(bootstrap: &str, topic: &str, partitions: i32, events: &[Ev]) -> Vec<(i32, i64)> {
+    // tansu's memory storage reports a high watermark of (last batch's base offset + 1):
+    // one record per batch keeps its watermarks right.
+    produce_batched(bootstrap, topic, partitions, events, 1)
+}
+
+/// [`produce`] with up to `batch` records per batch (librdkafka's mock cluster fetches one
+/// batch per partition per request, so it wants real batches).
+pub fn produce_batched(bootstrap: &str, topic: &str, partitions: i32, events: &[Ev], batch: usize) -> Vec<(i32, i64)> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "0")
-        // tansu's memory storage reports a high watermark of (last batch's base offset + 1):
-        // one record per batch keeps the watermarks right.
-        .set("batch.num.messages", "1")
+        .set("linger.ms", if batch > 1 { "5" } else { "0" })
+        .set("batch.num.messages", batch.to_string())
         .set("enable.idempotence", "false")
         .set("max.in.flight.requests.per.connection", "1")
         .create()

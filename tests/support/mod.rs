@@ -315,17 +315,27 @@ pub fn freshet() -> Command {
     Command::new(env!("CARGO_BIN_EXE_freshet"))
 }
 
-/// Start `freshet run` (following its input) in the background; stderr is discarded and
-/// stdout piped when `capture_stdout` (for the summary printed at SIGTERM).
+/// Start `freshet run` (following its input) in the background; stdout is piped when
+/// `capture_stdout` (for the summary printed at SIGTERM); stderr is discarded, or appended
+/// to `$FRESHET_TEST_LOG_DIR/freshet-<pid of the test>.log` when that variable is set.
 pub fn spawn_run(dataflow: &Path, config: &Path, capture_stdout: bool) -> std::process::Child {
     let stdout = if capture_stdout { std::process::Stdio::piped() } else { std::process::Stdio::null() };
+    let stderr = match std::env::var_os("FRESHET_TEST_LOG_DIR") {
+        Some(dir) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Path::new(&dir).join(format!("freshet-{}.log", std::process::id())))
+            .map(std::process::Stdio::from)
+            .unwrap_or_else(|_| std::process::Stdio::null()),
+        None => std::process::Stdio::null(),
+    };
     freshet()
         .args(["run", "--dataflow"])
         .arg(dataflow)
         .arg("--config")
         .arg(config)
         .stdout(stdout)
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn freshet run")
 }

@@ -1,16 +1,14 @@
 //! librdkafka client configuration from the runtime config's `[kafka]` section: the
 //! properties freshet owns, the user's properties, secrets read from the environment (and
 //! scrubbed from every log line and error message), and the client context that routes
-//! librdkafka's logs to `tracing` and counts offset commits.
+//! librdkafka's logs to `tracing` and reads the brokers' high watermarks from its statistics.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::ConsumerContext;
-use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::error::KafkaError;
 
 use super::KafkaSourceError;
 use crate::config::{KafkaConfig, StartFrom};
@@ -69,12 +67,12 @@ pub fn client_config(cfg: &KafkaConfig, group_id: Option<&str>) -> Result<(Clien
     Ok((c, redactor))
 }
 
-/// Client context: librdkafka logs and errors to `tracing` (secrets scrubbed), commit
-/// results to the [`SourceProgress`] counters.
+/// Client context: librdkafka logs and errors to `tracing` (secrets scrubbed), the
+/// brokers' high watermarks (from statistics) to [`SourceProgress`].
 pub struct FreshetContext {
     /// Scrubs secrets.
     pub redactor: Redactor,
-    /// Where commit results are counted.
+    /// Where high watermarks are recorded.
     pub progress: Option<Arc<SourceProgress>>,
 }
 
@@ -98,6 +96,18 @@ impl ClientContext for FreshetContext {
         let Some(progress) = &self.progress else { return };
         for (topic, t) in &statistics.topics {
             for (&partition, p) in &t.partitions {
+                if partition >= 0 {
+                    tracing::debug!(
+                        topic = %topic,
+                        partition,
+                        fetch_state = %p.fetch_state,
+                        fetchq_cnt = p.fetchq_cnt,
+                        next_offset = p.next_offset,
+                        app_offset = p.app_offset,
+                        hi_offset = p.hi_offset,
+                        "partition statistics"
+                    );
+                }
                 if partition >= 0 && p.hi_offset >= 0 {
                     progress.update_partition(topic, partition, |pp| {
                         pp.high_watermark = pp.high_watermark.max(p.hi_offset)
@@ -113,22 +123,6 @@ impl ClientContext for FreshetContext {
     }
 }
 
-impl ConsumerContext for FreshetContext {
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let Some(progress) = &self.progress else { return };
-        match result {
-            Ok(()) => {
-                progress.commits.fetch_add(1, Ordering::Relaxed);
-                for e in offsets.elements() {
-                    if let Offset::Offset(o) = e.offset() {
-                        progress.update_partition(e.topic(), e.partition(), |p| p.committed = p.committed.max(o));
-                    }
-                }
-            }
-            Err(e) => {
-                progress.commit_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %self.redactor.redact(&e.to_string()), "offset commit failed; the next commit covers it");
-            }
-        }
-    }
-}
+// Commit results are handled by the reader's committer thread (synchronous commits), so
+// the consumer context keeps librdkafka's defaults.
+impl ConsumerContext for FreshetContext {}

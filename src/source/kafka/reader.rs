@@ -9,9 +9,10 @@
 //!
 //! **Acknowledgement.** Once the sink frontier (a probe after the write operator) has
 //! passed a binding's time, every record up to those offsets is in the collection, so the
-//! offsets are committed to the consumer group (asynchronously, every
-//! `commit_interval_ms`, and synchronously at a clean stop). A failed commit is a warning:
-//! the next one covers it. Nothing else moves the group's offsets.
+//! offsets are committed to the consumer group every `commit_interval_ms` and at a clean
+//! stop, by a committer thread (synchronous commits, so the result is known; the worker
+//! never waits). Offsets stay due until the group confirms them: a failed commit is a
+//! counted warning and is sent again. Nothing else moves the group's offsets.
 //!
 //! **Backpressure.** While `max_passes_in_flight` passes are unacknowledged the worker
 //! pauses its partitions (consumer pause/resume), so librdkafka stops fetching and memory
@@ -172,6 +173,49 @@ pub fn kafka_source<'scope>(
         // Messages that reached the consumer's main queue before the partition queues were
         // split off (a narrow start-up window): read before their partition's queue.
         let mut early: Vec<rdkafka::message::OwnedMessage> = Vec::new();
+        let mut last_report = Instant::now();
+        let mut stop_since: Option<Instant> = None;
+        let stop_commit_timeout = Duration::from_millis(opts.kafka.request_timeout_ms.max(1000));
+        // The committer thread: commits in order, merging queued requests (later offsets win).
+        let mut committer: Option<std::sync::mpsc::Sender<TopicPartitionList>> = consumer.as_ref().map(|c| {
+            let (tx, rx) = std::sync::mpsc::channel::<TopicPartitionList>();
+            let consumer = Arc::clone(c);
+            let progress = Arc::clone(&progress);
+            let spawned = std::thread::Builder::new().name(format!("freshet-commit-{index}")).spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut want: std::collections::BTreeMap<(String, i32), i64> = Default::default();
+                    for tpl in std::iter::once(first).chain(rx.try_iter()) {
+                        for e in tpl.elements() {
+                            if let Offset::Offset(o) = e.offset() {
+                                let w = want.entry((e.topic().to_owned(), e.partition())).or_insert(o);
+                                *w = (*w).max(o);
+                            }
+                        }
+                    }
+                    let mut tpl = TopicPartitionList::new();
+                    for ((t, p), o) in &want {
+                        let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+                    }
+                    match consumer.commit(&tpl, CommitMode::Sync) {
+                        Ok(()) => {
+                            progress.commits.fetch_add(1, Ordering::Relaxed);
+                            for ((t, p), o) in &want {
+                                progress.update_partition(t, *p, |pp| pp.committed = pp.committed.max(*o));
+                            }
+                            tracing::debug!(partitions = want.len(), "offsets committed");
+                        }
+                        Err(e) => {
+                            progress.commit_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
+                        }
+                    }
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the offset committer");
+            }
+            tx
+        });
 
         move |output| {
             let Some(c) = cap.as_mut() else { return };
@@ -185,6 +229,11 @@ pub fn kafka_source<'scope>(
                 }
             }
 
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                last_report = Instant::now();
+                let next: Vec<(i32, i64)> = owned.iter().map(|o| (o.partition, o.next)).collect();
+                tracing::debug!(worker = index, ?next, unacknowledged_passes = bindings.len(), paused, "reader");
+            }
             // Acknowledge: bindings whose time the sink frontier has passed.
             while bindings.front().is_some_and(|(t, _)| !sink.less_equal(t)) {
                 if let Some((_, offsets)) = bindings.pop_front() {
@@ -197,43 +246,43 @@ pub fn kafka_source<'scope>(
             }
             let stopping = progress.stop.load(Ordering::Relaxed) || owned.iter().all(Owned::done);
             let due = last_commit.elapsed() >= commit_every;
-            if opts.commit && (due || (stopping && bindings.is_empty())) {
-                // Commit what the sink allows and the group does not confirm yet: an
-                // asynchronous commit that failed (reported to the context) is sent again.
-                let confirmed = progress.partition_snapshot();
-                for o in owned.iter_mut() {
-                    if let Some(p) = confirmed.get(&(o.topic.clone(), o.partition)) {
-                        o.committed = o.committed.max(p.committed);
-                    }
+            // What the group has confirmed (the committer thread records it).
+            let confirmed = progress.partition_snapshot();
+            for o in owned.iter_mut() {
+                if let Some(p) = confirmed.get(&(o.topic.clone(), o.partition)) {
+                    o.committed = o.committed.max(p.committed);
                 }
+            }
+            let unconfirmed = owned.iter().any(|o| o.committable > o.committed);
+            let final_commit = stopping && bindings.is_empty() && last_commit.elapsed() >= Duration::from_millis(100);
+            if opts.commit && unconfirmed && (due || final_commit) {
+                // Commit what the sink allows and the group does not confirm yet, so a
+                // failed commit is sent again. The committer thread does the (blocking)
+                // request; the worker never waits on the broker.
                 let mut tpl = TopicPartitionList::new();
                 for o in owned.iter().filter(|o| o.committable > o.committed) {
                     let _ = tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.committable));
                 }
-                if tpl.count() > 0 {
-                    let mode = if stopping { CommitMode::Sync } else { CommitMode::Async };
-                    match kc.commit(&tpl, mode) {
-                        Ok(()) if stopping => {
-                            progress.commits.fetch_add(1, Ordering::Relaxed);
-                            for o in owned.iter_mut() {
-                                o.committed = o.committed.max(o.committable);
-                                let c = o.committed;
-                                progress.update_partition(&o.topic, o.partition, |p| p.committed = p.committed.max(c));
-                            }
-                        }
-                        Ok(()) => {}
-                        Err(e) => {
-                            progress.commit_failures.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
-                        }
-                    }
+                if let Some(tx) = &committer {
+                    let _ = tx.send(tpl);
                 }
                 last_commit = Instant::now();
             }
 
             if stopping {
-                // Hold the capability until every pass is acknowledged (and committed).
-                if bindings.is_empty() {
+                // Hold the capability until every pass is acknowledged and its offsets are
+                // committed (or the group stays unreachable for `stop_commit_timeout`: the
+                // records are then read again at the next start, which changes nothing).
+                let committed_all = !opts.commit || !unconfirmed;
+                let waited_enough = bindings.is_empty()
+                    && *stop_since.get_or_insert_with(Instant::now) + stop_commit_timeout < Instant::now();
+                if bindings.is_empty() && !committed_all && waited_enough {
+                    tracing::warn!(
+                        "the final offsets were not confirmed by the group; they will be read again at the next start"
+                    );
+                }
+                if bindings.is_empty() && (committed_all || waited_enough) {
+                    committer = None;
                     if owned.iter().all(Owned::done) {
                         progress.caught_up.store(true, Ordering::Relaxed);
                     }
