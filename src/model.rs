@@ -160,6 +160,11 @@ pub struct DocWrite {
     pub text_field_hashes: Vec<u64>,
     /// Set when the document is deleted: the version to remember as its tombstone.
     pub tombstone: Option<Version>,
+    /// Set when the document's version advanced with nothing to write (a no-op change with
+    /// a newer version): remembered beside the collection, so that after a restart an
+    /// older event read again stays superseded.
+    #[serde(default)]
+    pub seen_version: Option<Version>,
     /// Source commit time of the newest change folded into this write.
     pub commit_ts_ms: Option<u64>,
 }

@@ -355,6 +355,7 @@ pub fn diff(
         deletes: Vec::new(),
         text_field_hashes: Vec::new(),
         tombstone: None,
+        seen_version: None,
         commit_ts_ms: pending.commit_ts_ms,
     };
     match (before_live, after_live) {
@@ -376,6 +377,12 @@ pub fn diff(
     let a = after_live?;
     if let Some(b) = before_live {
         if b.chunks == a.chunks && b.meta == a.meta && b.payload_version == a.payload_version {
+            // Nothing for the index; a newer version is still remembered (see
+            // `DocWrite::seen_version`).
+            if a.version > b.version {
+                w.seen_version = Some(a.version);
+                return Some(w);
+            }
             return None;
         }
     }
@@ -402,6 +409,10 @@ pub fn diff(
     }
     if let Some(b) = before_live {
         w.deletes = (a.chunks.len() as u32..b.chunks.len() as u32).collect();
+    }
+    // A no-op folded after the change carries the version past the payloads'.
+    if a.version > a.payload_version {
+        w.seen_version = Some(a.version);
     }
     Some(w)
 }

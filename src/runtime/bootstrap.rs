@@ -105,8 +105,10 @@ pub fn rebuild(
                 orphans.push(id);
             }
         }
+        // A no-op change may have advanced the version past the payloads'.
+        let seen = tombstones.seen.get(&doc_id).copied().unwrap_or(0);
         let state = DocState {
-            version,
+            version: version.max(seen),
             payload_version: version,
             live: true,
             chunks,

@@ -50,6 +50,7 @@ impl DeadLetterLog {
 #[serde(untagged)]
 enum TombstoneEntry {
     Doc { doc_id: String, version: Version },
+    Seen { doc_id: String, seen: Version },
     Truncate { truncate: Version },
 }
 
@@ -60,6 +61,9 @@ pub struct Tombstones {
     pub docs: BTreeMap<DocId, Version>,
     /// Newest table truncate.
     pub truncated_at: Option<Version>,
+    /// Live documents whose version advanced past what their points' payloads say (no-op
+    /// changes with a newer version).
+    pub seen: BTreeMap<DocId, Version>,
 }
 
 /// Append-only tombstone log.
@@ -89,6 +93,10 @@ impl TombstoneLog {
                         let e = t.docs.entry(DocId(doc_id)).or_insert(version);
                         *e = (*e).max(version);
                     }
+                    Ok(TombstoneEntry::Seen { doc_id, seen }) => {
+                        let e = t.seen.entry(DocId(doc_id)).or_insert(seen);
+                        *e = (*e).max(seen);
+                    }
                     Ok(TombstoneEntry::Truncate { truncate }) => {
                         t.truncated_at = Some(t.truncated_at.map_or(truncate, |x| x.max(truncate)));
                     }
@@ -109,6 +117,10 @@ impl TombstoneLog {
                 serde_json::to_writer(&mut buf, &TombstoneEntry::Doc { doc_id: d.0.clone(), version: *v })?;
                 buf.push(b'\n');
             }
+            for (d, v) in &t.seen {
+                serde_json::to_writer(&mut buf, &TombstoneEntry::Seen { doc_id: d.0.clone(), seen: *v })?;
+                buf.push(b'\n');
+            }
             f.write_all(&buf)?;
             f.sync_all()?;
         }
@@ -122,6 +134,16 @@ impl TombstoneLog {
         let mut buf = Vec::new();
         for (d, v) in docs {
             serde_json::to_writer(&mut buf, &TombstoneEntry::Doc { doc_id: d.0.clone(), version: *v })?;
+            buf.push(b'\n');
+        }
+        self.write(&buf)
+    }
+
+    /// Remember versions seen without a write to the index.
+    pub fn append_seen(&self, docs: &[(DocId, Version)]) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        for (d, v) in docs {
+            serde_json::to_writer(&mut buf, &TombstoneEntry::Seen { doc_id: d.0.clone(), seen: *v })?;
             buf.push(b'\n');
         }
         self.write(&buf)

@@ -218,7 +218,11 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
     let mut upserts = Vec::new();
     let mut rest = Vec::new();
     let mut tombstones = Vec::new();
+    let mut seen = Vec::new();
     for w in &r.batch.writes {
+        if let Some(v) = w.seen_version {
+            seen.push((w.doc_id.clone(), v));
+        }
         for op in build_ops(s, w, &r, &mut dead, &mut tally) {
             match op {
                 SinkOp::Upsert(p) => upserts.extend(p),
@@ -277,6 +281,11 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
     if !tombstones.is_empty() {
         if let Err(e) = s.tombstones.append(&tombstones) {
             tracing::warn!(error = %e, "could not persist tombstones");
+        }
+    }
+    if !seen.is_empty() {
+        if let Err(e) = s.tombstones.append_seen(&seen) {
+            tracing::warn!(error = %e, "could not persist document versions");
         }
     }
     if !dead.is_empty() {
