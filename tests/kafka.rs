@@ -121,9 +121,9 @@ fn points_by_doc(export: &str) -> std::collections::BTreeMap<String, Vec<(String
 /// collection equals the oracle; the chunks embedded over all runs exceed the distinct
 /// content hashes by no more than what was in flight at the kills.
 #[test]
-#[ignore = "known defect, issue 3: a kill -9 in the middle of an embedded-engine write can leave a point whose \
-            payload is new and whose vector is old (qdrant-edge 0.7.1 persists without WAL replay); the restart \
-            trusts the payload, so the final export can differ in one vector. Run with --ignored."]
+#[ignore = "intermittent, issue 3: after kill -9 the final export can hold a point whose vector does not match \
+            its payload (seen when a background HNSW optimisation of qdrant-edge 0.7.1 was killed; with it \
+            disabled 2 of 3 runs passed and one failed an intermediate check). Run with --ignored."]
 fn kill_9_at_random_moments_loses_nothing_and_commits_only_what_is_indexed() {
     use rand::{Rng, SeedableRng};
     let broker = Broker::start();

@@ -37,13 +37,21 @@ struct Partial {
 }
 
 /// Rebuild state for `peers` workers. Fails if the collection holds vectors of another model.
+///
+/// `suspects` are the points of a write torn by a crash (from the in-flight log): their
+/// vector and payload may disagree, so they are deleted and their documents start from
+/// version 0, which makes the change read again (its offsets were not acknowledged)
+/// rewrite them.
 pub fn rebuild(
     sink: &dyn VectorSink,
     shape: &DocShape,
     model_id: &str,
     tombstones: &Tombstones,
+    suspects: &[Uuid],
     peers: usize,
 ) -> Result<Bootstrap, SinkError> {
+    let suspects: std::collections::BTreeSet<Uuid> = suspects.iter().copied().collect();
+    let mut dirty: std::collections::BTreeSet<DocId> = Default::default();
     let mut docs: BTreeMap<DocId, Partial> = BTreeMap::new();
     let mut orphans = Vec::new();
     let mut points = 0usize;
@@ -65,6 +73,11 @@ pub fn rebuild(
                 orphans.push(p.id);
                 continue;
             };
+            if suspects.contains(&p.id) {
+                orphans.push(p.id);
+                dirty.insert(DocId(doc.to_string()));
+                continue;
+            }
             let e = docs.entry(DocId(doc.to_string())).or_default();
             e.chunks.insert(idx, (hash, p.id));
             // Points of one document disagree only after a torn write: keep the oldest
@@ -105,11 +118,13 @@ pub fn rebuild(
                 orphans.push(id);
             }
         }
-        // A no-op change may have advanced the version past the payloads'.
+        // A no-op change may have advanced the version past the payloads'. A document
+        // touched by a torn write starts over from version 0.
         let seen = tombstones.seen.get(&doc_id).copied().unwrap_or(0);
+        let (version, payload_version) = if dirty.contains(&doc_id) { (0, 0) } else { (version.max(seen), version) };
         let state = DocState {
-            version: version.max(seen),
-            payload_version: version,
+            version,
+            payload_version,
             live: true,
             chunks,
             text_fields: p.text_fields,

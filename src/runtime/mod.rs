@@ -186,7 +186,12 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     let (tombstone_log, tombstones) =
         TombstoneLog::open(&config.data_dir, &collection).map_err(io("opening the tombstone log"))?;
     let shape = DocShape::new(&spec);
-    let boot = bootstrap::rebuild(sink.as_ref(), &shape, embedder.model_id(), &tombstones, config.workers)?;
+    let (inflight, suspects) =
+        store::InflightLog::open(&config.data_dir, &collection).map_err(io("opening the in-flight write log"))?;
+    if !suspects.is_empty() {
+        tracing::warn!(points = suspects.len(), "a write was torn by a crash; its points are rewritten");
+    }
+    let boot = bootstrap::rebuild(sink.as_ref(), &shape, embedder.model_id(), &tombstones, &suspects, config.workers)?;
     tracing::info!(
         points = boot.points,
         documents = boot.live_docs,
@@ -195,6 +200,9 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     );
     if !boot.orphans.is_empty() {
         sink.apply(vec![SinkOp::Delete(boot.orphans.clone())])?;
+    }
+    if !suspects.is_empty() {
+        inflight.done(0).map_err(io("updating the in-flight write log"))?;
     }
     let dead_letters = Arc::new(DeadLetterLog::open(&config.data_dir).map_err(io("opening the dead-letter file"))?);
 
@@ -217,6 +225,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         namespace: collection_namespace(&spec.sink.collection),
         dead_letters,
         tombstones: Arc::new(tombstone_log),
+        inflight: Arc::new(inflight),
         metrics: Arc::clone(&metrics),
         pipeline_depth: 4,
     });

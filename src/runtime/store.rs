@@ -1,7 +1,10 @@
 //! Small durable files under the data directory: the dead-letter file
-//! (`dead-letter.jsonl`) and the tombstone log (`state/<collection>.tombstones.jsonl`),
-//! which remembers deleted documents and table truncates so that an older event replayed
-//! after a restart stays superseded.
+//! (`dead-letter.jsonl`); the tombstone log (`state/<collection>.tombstones.jsonl`), which
+//! remembers deleted documents, table truncates and versions seen without a write, so that
+//! an older event replayed after a restart stays superseded; and the in-flight write log
+//! (`state/<collection>.inflight.jsonl`), which names the points of a sink write before it
+//! starts and marks it done after, so that a write torn by a crash is found at the next
+//! start.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -12,6 +15,70 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{DeadLetter, DocId, Version};
+
+/// The in-flight write log (see the module docs).
+#[derive(Debug)]
+pub struct InflightLog {
+    file: Mutex<File>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum InflightEntry {
+    Begin { begin: u64, ids: Vec<uuid::Uuid> },
+    Done { done: u64 },
+}
+
+impl InflightLog {
+    /// Open the log and return the points of writes that began and never finished (a
+    /// crash in the middle of a write). The log starts empty again.
+    pub fn open(data_dir: &Path, collection: &str) -> std::io::Result<(Self, Vec<uuid::Uuid>)> {
+        let path = data_dir.join("state").join(format!("{collection}.inflight.jsonl"));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut open: BTreeMap<u64, Vec<uuid::Uuid>> = BTreeMap::new();
+        if path.exists() {
+            for line in BufReader::new(File::open(&path)?).lines() {
+                match serde_json::from_str::<InflightEntry>(&line?) {
+                    Ok(InflightEntry::Begin { begin, ids }) => {
+                        open.insert(begin, ids);
+                    }
+                    Ok(InflightEntry::Done { done }) => {
+                        open.remove(&done);
+                    }
+                    // A torn last line: its write never started.
+                    Err(_) => {}
+                }
+            }
+        }
+        let suspects: Vec<uuid::Uuid> = open.into_values().flatten().collect();
+        let log = Self { file: Mutex::new(File::create(&path)?) };
+        if !suspects.is_empty() {
+            // Kept until the caller has dealt with them (`done(0)`), in case of another crash.
+            log.begin(0, &suspects)?;
+        }
+        Ok((log, suspects))
+    }
+
+    /// Name the points a write at `time` is about to upsert (synced before the write).
+    pub fn begin(&self, time: u64, ids: &[uuid::Uuid]) -> std::io::Result<()> {
+        let mut buf = serde_json::to_vec(&InflightEntry::Begin { begin: time, ids: ids.to_vec() })?;
+        buf.push(b'\n');
+        let mut f = self.file.lock().map_err(|_| std::io::Error::other("in-flight log lock poisoned"))?;
+        f.write_all(&buf)?;
+        f.sync_data()
+    }
+
+    /// The write at `time` finished (not synced: losing this line only makes the next start
+    /// rewrite those points).
+    pub fn done(&self, time: u64) -> std::io::Result<()> {
+        let mut buf = serde_json::to_vec(&InflightEntry::Done { done: time })?;
+        buf.push(b'\n');
+        let mut f = self.file.lock().map_err(|_| std::io::Error::other("in-flight log lock poisoned"))?;
+        f.write_all(&buf)
+    }
+}
 
 /// Append-only JSON-lines dead-letter file.
 #[derive(Debug)]

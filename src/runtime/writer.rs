@@ -32,6 +32,8 @@ pub struct WriterShared {
     pub dead_letters: Arc<DeadLetterLog>,
     /// Tombstone log.
     pub tombstones: Arc<TombstoneLog>,
+    /// Names each write's points before it starts (torn writes are found at restart).
+    pub inflight: Arc<super::store::InflightLog>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Times whose vectors are resolved ahead of the sink write.
@@ -240,6 +242,18 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
         ops.push(SinkOp::Upsert(upserts));
     }
     ops.extend(rest);
+    let upserted: Vec<Uuid> = ops
+        .iter()
+        .flat_map(|op| match op {
+            SinkOp::Upsert(points) => points.iter().map(|p| p.id).collect::<Vec<_>>(),
+            _ => Vec::new(),
+        })
+        .collect();
+    if !upserted.is_empty() {
+        if let Err(e) = s.inflight.begin(r.time, &upserted) {
+            tracing::warn!(error = %e, "could not record the write in the in-flight log");
+        }
+    }
     let mut backoff = Duration::from_millis(100);
     loop {
         let sink = Arc::clone(&s.sink);
@@ -248,7 +262,14 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
             .await
             .unwrap_or_else(|e| Err(SinkError::Transient(format!("sink task failed: {e}"))));
         match res {
-            Ok(()) => break,
+            Ok(()) => {
+                if !upserted.is_empty() {
+                    if let Err(e) = s.inflight.done(r.time) {
+                        tracing::warn!(error = %e, "could not mark the write done in the in-flight log");
+                    }
+                }
+                break;
+            }
             Err(e) if e.is_transient() => {
                 s.metrics.retries.inc();
                 tracing::warn!(time = r.time, error = %e, retry_in_ms = backoff.as_millis() as u64, "sink write failed; retrying");
