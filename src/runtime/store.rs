@@ -63,8 +63,7 @@ impl InflightLog {
 
     /// Name the points a write at `time` is about to upsert (synced before the write).
     pub fn begin(&self, time: u64, ids: &[uuid::Uuid]) -> std::io::Result<()> {
-        let mut buf = serde_json::to_vec(&InflightEntry::Begin { begin: time, ids: ids.to_vec() })?;
-        buf.push(b'\n');
+        let buf = encode_lines([InflightEntry::Begin { begin: time, ids: ids.to_vec() }])?;
         let mut f = self.file.lock().map_err(|_| std::io::Error::other("in-flight log lock poisoned"))?;
         f.write_all(&buf)?;
         f.sync_data()
@@ -73,8 +72,7 @@ impl InflightLog {
     /// The write at `time` finished (not synced: losing this line only makes the next start
     /// rewrite those points).
     pub fn done(&self, time: u64) -> std::io::Result<()> {
-        let mut buf = serde_json::to_vec(&InflightEntry::Done { done: time })?;
-        buf.push(b'\n');
+        let buf = encode_lines([InflightEntry::Done { done: time }])?;
         let mut f = self.file.lock().map_err(|_| std::io::Error::other("in-flight log lock poisoned"))?;
         f.write_all(&buf)
     }
@@ -119,6 +117,16 @@ enum TombstoneEntry {
     Doc { doc_id: String, version: Version },
     Seen { doc_id: String, seen: Version },
     Truncate { truncate: Version },
+}
+
+/// JSON lines of `entries`.
+fn encode_lines<T: Serialize>(entries: impl IntoIterator<Item = T>) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    for e in entries {
+        serde_json::to_writer(&mut buf, &e)?;
+        buf.push(b'\n');
+    }
+    Ok(buf)
 }
 
 /// What the tombstone log remembers.
@@ -175,19 +183,13 @@ impl TombstoneLog {
         let tmp = path.with_extension("jsonl.tmp");
         {
             let mut f = File::create(&tmp)?;
-            let mut buf = Vec::new();
-            if let Some(v) = t.truncated_at {
-                serde_json::to_writer(&mut buf, &TombstoneEntry::Truncate { truncate: v })?;
-                buf.push(b'\n');
-            }
-            for (d, v) in &t.docs {
-                serde_json::to_writer(&mut buf, &TombstoneEntry::Doc { doc_id: d.0.clone(), version: *v })?;
-                buf.push(b'\n');
-            }
-            for (d, v) in &t.seen {
-                serde_json::to_writer(&mut buf, &TombstoneEntry::Seen { doc_id: d.0.clone(), seen: *v })?;
-                buf.push(b'\n');
-            }
+            let entries = t
+                .truncated_at
+                .map(|truncate| TombstoneEntry::Truncate { truncate })
+                .into_iter()
+                .chain(t.docs.iter().map(|(d, v)| TombstoneEntry::Doc { doc_id: d.0.clone(), version: *v }))
+                .chain(t.seen.iter().map(|(d, v)| TombstoneEntry::Seen { doc_id: d.0.clone(), seen: *v }));
+            let buf = encode_lines(entries)?;
             f.write_all(&buf)?;
             f.sync_all()?;
         }
@@ -198,29 +200,17 @@ impl TombstoneLog {
 
     /// Remember deleted documents.
     pub fn append(&self, docs: &[(DocId, Version)]) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        for (d, v) in docs {
-            serde_json::to_writer(&mut buf, &TombstoneEntry::Doc { doc_id: d.0.clone(), version: *v })?;
-            buf.push(b'\n');
-        }
-        self.write(&buf)
+        self.write(&encode_lines(docs.iter().map(|(d, v)| TombstoneEntry::Doc { doc_id: d.0.clone(), version: *v }))?)
     }
 
     /// Remember versions seen without a write to the index.
     pub fn append_seen(&self, docs: &[(DocId, Version)]) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        for (d, v) in docs {
-            serde_json::to_writer(&mut buf, &TombstoneEntry::Seen { doc_id: d.0.clone(), seen: *v })?;
-            buf.push(b'\n');
-        }
-        self.write(&buf)
+        self.write(&encode_lines(docs.iter().map(|(d, v)| TombstoneEntry::Seen { doc_id: d.0.clone(), seen: *v }))?)
     }
 
     /// Remember a table truncate.
     pub fn append_truncate(&self, v: Version) -> std::io::Result<()> {
-        let mut buf = serde_json::to_vec(&TombstoneEntry::Truncate { truncate: v })?;
-        buf.push(b'\n');
-        self.write(&buf)
+        self.write(&encode_lines([TombstoneEntry::Truncate { truncate: v }])?)
     }
 
     fn write(&self, buf: &[u8]) -> std::io::Result<()> {

@@ -246,11 +246,14 @@ pub fn kafka_source<'scope>(
             }
             let stopping = progress.stop.load(Ordering::Relaxed) || owned.iter().all(Owned::done);
             let due = last_commit.elapsed() >= commit_every;
-            // What the group has confirmed (the committer thread records it).
-            let confirmed = progress.partition_snapshot();
-            for o in owned.iter_mut() {
-                if let Some(p) = confirmed.get(&(o.topic.clone(), o.partition)) {
-                    o.committed = o.committed.max(p.committed);
+            // What the group has confirmed (the committer thread records it), read only when
+            // a commit may be sent or the stop waits for one, not on every pass.
+            if opts.commit && (due || stopping) {
+                let confirmed = progress.partition_snapshot();
+                for o in owned.iter_mut() {
+                    if let Some(p) = confirmed.get(&(o.topic.clone(), o.partition)) {
+                        o.committed = o.committed.max(p.committed);
+                    }
                 }
             }
             let unconfirmed = owned.iter().any(|o| o.committable > o.committed);
