@@ -73,16 +73,15 @@ fn main() {
     let mut spec = DataflowSpec::load(std::path::Path::new("dataflows/articles.toml")).expect("dataflow");
     spec.embedder.kind = EmbedderKind::LocalMinilm;
     spec.source.path = Some(input);
-    let collection = spec.sink.collection.clone();
     let config = RuntimeConfig { workers: 1, data_dir: tmp.path().join("data"), ..RuntimeConfig::default() };
-    let data_dir = config.data_dir.clone();
     let start = Instant::now();
-    let totals = run(RunOptions::live(spec, config, true), Arc::new(AtomicBool::new(false))).expect("run");
+    let totals =
+        run(RunOptions::live(spec.clone(), config.clone(), true), Arc::new(AtomicBool::new(false))).expect("run");
     let secs = start.elapsed().as_secs_f64();
     // Tokens the model saw: every indexed chunk (all were embedded once), truncated at 256.
-    let sink = freshet::sink::embedded::EmbeddedSink::open(&data_dir, &collection, 384).expect("open");
+    let (_, sink) = freshet::runtime::open_collection(&spec, &config, &spec.sink.collection).expect("open");
     let mut tokens = 0usize;
-    freshet::sink::VectorSink::scroll(&sink, false, 1024, &mut |page| {
+    sink.scroll(false, 1024, &mut |page| {
         for p in page {
             tokens += model.count_tokens(p.payload.get("text").and_then(|t| t.as_str()).unwrap_or("")).min(256);
         }

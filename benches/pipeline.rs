@@ -168,12 +168,12 @@ fn main() {
         return;
     }
     let config = RuntimeConfig { data_dir, ..RuntimeConfig::default() };
-    let sink = freshet::sink::embedded::EmbeddedSink::open(&config.data_dir, &spec.sink.collection, 384).expect("open");
+    let (_, sink) = freshet::runtime::open_collection(&spec, &config, &spec.sink.collection).expect("open");
     let t = Instant::now();
-    freshet::sink::VectorSink::optimize(&sink).expect("optimize");
+    sink.optimize().expect("optimize");
     println!(
         "HNSW build of the final collection ({} points, 384 dims, 2 cores): {:.1}s",
-        freshet::sink::VectorSink::count(&sink).unwrap_or(0),
+        sink.count().unwrap_or(0),
         t.elapsed().as_secs_f64(),
     );
 }

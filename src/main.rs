@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand};
 
 use freshet::config::{DataflowSpec, EmbedderKind, RuntimeConfig};
 use freshet::runtime::{self, RunOptions};
-use freshet::sink::embedded::EmbeddedSink;
 use freshet::sink::VectorSink;
 use freshet::source::kafka::StartPosition;
 use freshet::telemetry::{self, metrics::summary_json};
@@ -289,9 +288,9 @@ fn real_main() -> Result<()> {
     }
 }
 
-/// Open the pipeline's collection for reading, with the dimension it was created with.
-fn open_existing(spec: &DataflowSpec, config: &RuntimeConfig) -> Result<EmbeddedSink> {
-    Ok(EmbeddedSink::open_existing(&config.data_dir, &spec.sink.collection)?)
+/// Open the pipeline's collection (through its alias) for reading.
+fn open_existing(spec: &DataflowSpec, config: &RuntimeConfig) -> Result<std::sync::Arc<dyn VectorSink>> {
+    Ok(runtime::open_collection(spec, config, &spec.sink.collection)?.1)
 }
 
 fn sort_keys(m: serde_json::Map<String, serde_json::Value>) -> serde_json::Map<String, serde_json::Value> {

@@ -186,19 +186,82 @@ impl std::str::FromStr for EmbedderKind {
     }
 }
 
-/// Sink settings.
+/// Sink settings: the collection freshet owns and how it is created.
+///
+/// `collection` is the name readers use. freshet makes it an **alias** of a versioned
+/// collection `<collection>__<model tag>` (every point's payload also carries `model_id`),
+/// so `freshet reindex` can build a collection for another model beside it and switch the
+/// alias in one atomic step. A collection created under the bare name by an earlier
+/// version keeps working as it is.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkSpec {
-    /// `embedded` (the Qdrant engine in-process, under the data directory).
-    #[serde(default = "default_sink_kind")]
-    pub kind: String,
-    /// Collection name.
+    /// `embedded` (the Qdrant engine in-process, under the data directory) or `qdrant` (a
+    /// Qdrant server over gRPC; address and API key in the runtime config's `[qdrant]`).
+    #[serde(default)]
+    pub kind: SinkKind,
+    /// Collection (alias) name, `[A-Za-z0-9_-]`.
     pub collection: String,
+    /// Vector distance of a new collection.
+    #[serde(default)]
+    pub distance: Distance,
+    /// HNSW `m` (edges per node) of a new collection; the engine's default (16) if unset.
+    #[serde(default)]
+    pub hnsw_m: Option<u64>,
+    /// HNSW `ef_construct` of a new collection; the engine's default (100) if unset.
+    #[serde(default)]
+    pub hnsw_ef_construct: Option<u64>,
+    /// Keep a new collection's vectors on disk (memory-mapped) instead of in RAM.
+    #[serde(default)]
+    pub on_disk_vectors: bool,
+    /// Keep a new collection's payloads on disk instead of in RAM.
+    #[serde(default)]
+    pub on_disk_payload: bool,
+    /// Metadata fields to index for filtering, with their type:
+    /// `filterable = { lang = "keyword", year = "integer" }`. `doc_id`, `content_hash`
+    /// and `model_id` are always indexed.
+    #[serde(default)]
+    pub filterable: std::collections::BTreeMap<String, IndexKind>,
 }
 
-fn default_sink_kind() -> String {
-    "embedded".to_string()
+/// Kinds of sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkKind {
+    /// The Qdrant engine in-process.
+    #[default]
+    Embedded,
+    /// A Qdrant server (gRPC).
+    Qdrant,
+}
+
+/// Vector distance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Distance {
+    /// Cosine similarity (the default; sentence embedders are trained for it).
+    #[default]
+    Cosine,
+    /// Dot product.
+    Dot,
+    /// Euclidean distance.
+    Euclid,
+}
+
+/// Payload index types for `sink.filterable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IndexKind {
+    /// Exact string match.
+    Keyword,
+    /// Integers (match and range).
+    Integer,
+    /// Floats (range).
+    Float,
+    /// Booleans.
+    Bool,
+    /// RFC 3339 times (range).
+    Datetime,
 }
 
 /// A parsed text template.
@@ -298,13 +361,24 @@ impl DataflowSpec {
         if self.chunker.overlap_chars >= self.chunker.max_chars {
             return Err(bad("`chunker.overlap_chars` must be below `chunker.max_chars`".into()));
         }
-        if self.sink.kind != "embedded" {
-            return Err(bad(format!("`sink.kind` = {:?}: only \"embedded\" is available", self.sink.kind)));
-        }
         if self.sink.collection.is_empty()
             || !self.sink.collection.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return Err(bad("`sink.collection` must be non-empty [A-Za-z0-9_-]".into()));
+        }
+        if self.sink.collection.contains("__") {
+            return Err(bad(
+                "`sink.collection` must not contain `__` (freshet names its versioned collections `<name>__<model>`)"
+                    .into(),
+            ));
+        }
+        if self.sink.hnsw_m == Some(0) || self.sink.hnsw_ef_construct.is_some_and(|e| e < 4) {
+            return Err(bad("`sink.hnsw_m` must be positive and `sink.hnsw_ef_construct` at least 4".into()));
+        }
+        for key in self.sink.filterable.keys() {
+            if !self.document.metadata.contains(key) {
+                return Err(bad(format!("`sink.filterable.{key}` is not one of `document.metadata`")));
+            }
         }
         let e = &self.embedder;
         if e.max_batch_texts == 0 || e.max_batch_tokens == 0 || e.concurrency == 0 {

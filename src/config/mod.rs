@@ -7,10 +7,10 @@ mod dataflow;
 mod runtime;
 
 pub use dataflow::{
-    ChunkerSpec, DataflowSpec, DocumentSpec, EmbedderKind, EmbedderSpec, SinkSpec, SourceFormat, SourceKind,
-    SourceSpec, TemplatePart, TextTemplate,
+    ChunkerSpec, DataflowSpec, Distance, DocumentSpec, EmbedderKind, EmbedderSpec, IndexKind, SinkKind, SinkSpec,
+    SourceFormat, SourceKind, SourceSpec, TemplatePart, TextTemplate,
 };
-pub use runtime::{KafkaConfig, RuntimeConfig, StartFrom, OWNED_KAFKA_PROPERTIES};
+pub use runtime::{KafkaConfig, QdrantConfig, RuntimeConfig, StartFrom, OWNED_KAFKA_PROPERTIES};
 
 use std::path::{Path, PathBuf};
 

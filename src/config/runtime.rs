@@ -42,6 +42,48 @@ pub struct RuntimeConfig {
     /// The Kafka cluster, for dataflows with a `kafka` source.
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
+    /// The Qdrant server, for dataflows with a `qdrant` sink.
+    #[serde(default)]
+    pub qdrant: Option<QdrantConfig>,
+}
+
+/// The Qdrant server a `qdrant` sink writes to (`[qdrant]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QdrantConfig {
+    /// gRPC address, e.g. `http://127.0.0.1:6334`; `https://` uses TLS (system roots).
+    pub url: String,
+    /// Environment variable holding the API key (sent as the `api-key` header); the key
+    /// never appears in logs or error messages.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Timeout of one request, in milliseconds.
+    #[serde(default = "default_qdrant_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Timeout of connecting, in milliseconds.
+    #[serde(default = "default_qdrant_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Points (upserted, updated or deleted) per update request; a larger write is sent
+    /// as several requests, in order.
+    #[serde(default = "default_qdrant_points_per_request")]
+    pub max_points_per_request: usize,
+    /// Longest wait between retries of a transient error, in milliseconds (the wait
+    /// doubles from 100 ms, with jitter; a server's retry-after is honoured).
+    #[serde(default = "default_qdrant_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+fn default_qdrant_timeout_ms() -> u64 {
+    30_000
+}
+fn default_qdrant_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_qdrant_points_per_request() -> usize {
+    512
+}
+fn default_qdrant_max_backoff_ms() -> u64 {
+    10_000
 }
 
 /// Where the Kafka topics live and how freshet records its progress (`[kafka]`).
@@ -141,6 +183,7 @@ impl Default for RuntimeConfig {
             embed_cache_entries: default_cache_entries(),
             optimize_interval_s: default_optimize_interval_s(),
             kafka: None,
+            qdrant: None,
         }
     }
 }
@@ -163,6 +206,14 @@ impl RuntimeConfig {
         }
         if self.max_record_bytes < 1024 {
             return Err(bad("`max_record_bytes` must be at least 1024"));
+        }
+        if let Some(q) = &self.qdrant {
+            if !(q.url.starts_with("http://") || q.url.starts_with("https://")) {
+                return Err(bad("`qdrant.url` must start with http:// or https:// (the gRPC port, 6334 by default)"));
+            }
+            if q.max_points_per_request == 0 || q.timeout_ms == 0 {
+                return Err(bad("`qdrant.max_points_per_request` and `qdrant.timeout_ms` must be positive"));
+            }
         }
         if let Some(k) = &self.kafka {
             if k.bootstrap_servers.trim().is_empty() || k.group_id.trim().is_empty() {

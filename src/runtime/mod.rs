@@ -10,7 +10,7 @@ pub mod progress;
 pub mod store;
 pub mod writer;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::config::SinkKind;
 use crate::config::SourceKind;
 use crate::config::{DataflowSpec, EmbedderKind, EmbedderSpec, RuntimeConfig};
 use crate::dataflow::operators::doc_state::InitialState;
@@ -29,8 +30,9 @@ use crate::embed::hash::HashEmbedder;
 use crate::embed::local::LocalMiniLm;
 use crate::embed::Embedder;
 use crate::model::collection_namespace;
-use crate::sink::embedded::EmbeddedSink;
-use crate::sink::{SinkOp, VectorSink};
+use crate::sink::embedded::EmbeddedCatalog;
+use crate::sink::qdrant::QdrantCatalog;
+use crate::sink::{open_for_writing, Catalog, CollectionParams, SinkOp, VectorSink};
 use crate::source::decode::DecodeSpec;
 use crate::source::file::{file_source, FileSourceOptions};
 use crate::source::kafka::reader::{kafka_source, KafkaSourceOptions};
@@ -127,9 +129,39 @@ pub fn open_embedder(spec: &EmbedderSpec) -> Result<Arc<dyn Embedder>, RuntimeEr
     })
 }
 
-/// Open (or create) a collection.
-pub fn open_sink(data_dir: &Path, collection: &str, dimension: usize) -> Result<Arc<dyn VectorSink>, RuntimeError> {
-    Ok(Arc::new(EmbeddedSink::open(data_dir, collection, dimension)?))
+/// The store a dataflow's sink lives in: the embedded engine under the data directory, or
+/// the Qdrant server of the runtime config's `[qdrant]`.
+pub fn open_catalog(spec: &DataflowSpec, config: &RuntimeConfig) -> Result<Arc<dyn Catalog>, RuntimeError> {
+    Ok(match spec.sink.kind {
+        SinkKind::Embedded => Arc::new(EmbeddedCatalog::new(&config.data_dir)),
+        SinkKind::Qdrant => {
+            let Some(q) = &config.qdrant else {
+                return Err(RuntimeError::Config(
+                    "the dataflow's sink is `qdrant` but the runtime config has no [qdrant] section".into(),
+                ));
+            };
+            Arc::new(QdrantCatalog::connect(q)?)
+        }
+    })
+}
+
+/// Open an existing collection (or the collection an alias points at) for reading.
+pub fn open_collection(
+    spec: &DataflowSpec,
+    config: &RuntimeConfig,
+    name: &str,
+) -> Result<(String, Arc<dyn VectorSink>), RuntimeError> {
+    let catalog = open_catalog(spec, config)?;
+    match catalog.resolve(name)? {
+        Some(physical) => {
+            let sink = catalog.open(&physical)?;
+            Ok((physical, sink))
+        }
+        None => Err(RuntimeError::Sink(crate::sink::SinkError::Permanent(format!(
+            "no collection or alias `{name}` in the {} (run the pipeline first)",
+            catalog.describe()
+        )))),
+    }
 }
 
 /// Apply an `--embedder` override.
@@ -168,7 +200,14 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         }
     };
     let embedder = open_embedder(&spec.embedder)?;
-    let sink = open_sink(&config.data_dir, &collection, embedder.dimension())?;
+    let catalog = open_catalog(&spec, &config)?;
+    let (physical, sink) = open_for_writing(
+        catalog.as_ref(),
+        &collection,
+        embedder.model_id(),
+        &CollectionParams::of(&spec.sink, embedder.dimension()),
+    )?;
+    tracing::info!(name = %collection, collection = %physical, store = %catalog.describe(), "writing collection");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -184,10 +223,10 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     }
 
     let (tombstone_log, tombstones) =
-        TombstoneLog::open(&config.data_dir, &collection).map_err(io("opening the tombstone log"))?;
+        TombstoneLog::open(&config.data_dir, &physical).map_err(io("opening the tombstone log"))?;
     let shape = DocShape::new(&spec);
     let (inflight, suspects) =
-        store::InflightLog::open(&config.data_dir, &collection).map_err(io("opening the in-flight write log"))?;
+        store::InflightLog::open(&config.data_dir, &physical).map_err(io("opening the in-flight write log"))?;
     if !suspects.is_empty() {
         tracing::warn!(points = suspects.len(), "a write was torn by a crash; its points are rewritten");
     }

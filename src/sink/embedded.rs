@@ -1,6 +1,7 @@
 //! The embedded sink: the Qdrant engine (`qdrant-edge` 0.7.1) in-process, one directory per
-//! collection under `<data_dir>/collections/<name>/`. Writes go through the engine's WAL
-//! and are durable when `apply` returns. HNSW indexes are built by [`VectorSink::optimize`],
+//! collection under `<data_dir>/collections/<name>/`, and the aliases in front of them in
+//! `<data_dir>/aliases.json` ([`EmbeddedCatalog`]; replaced atomically by rename). Writes
+//! are durable when `apply` returns. HNSW indexes are built by [`VectorSink::optimize`],
 //! which the runtime calls from a background thread — never on the write path.
 
 use std::cell::Cell;
@@ -17,7 +18,8 @@ use qdrant_edge::{
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Hit, SinkError, SinkOp, SinkPoint, StoredPoint, VectorSink};
+use super::{Catalog, CollectionParams, Hit, SinkError, SinkOp, SinkPoint, StoredPoint, VectorSink};
+use crate::config::IndexKind;
 use crate::model::{keys, ContentHash, Metadata};
 
 /// A collection in the embedded Qdrant engine.
@@ -68,10 +70,29 @@ pub fn collection_dir(data_dir: &Path, collection: &str) -> PathBuf {
 
 impl EmbeddedSink {
     /// Open the collection, creating it (cosine distance, `dimension`, payload indexes on
-    /// `doc_id` and `content_hash`) if it does not exist. Refuses a collection of another
-    /// dimension.
+    /// `doc_id`, `content_hash` and `model_id`) if it does not exist. Refuses a collection of
+    /// another dimension.
     pub fn open(data_dir: &Path, collection: &str, dimension: usize) -> Result<Self, SinkError> {
-        Self::open_with(data_dir, collection, Some(dimension))
+        let params = CollectionParams::of(
+            &crate::config::SinkSpec {
+                kind: crate::config::SinkKind::Embedded,
+                collection: collection.to_string(),
+                distance: crate::config::Distance::Cosine,
+                hnsw_m: None,
+                hnsw_ef_construct: None,
+                on_disk_vectors: false,
+                on_disk_payload: false,
+                filterable: Default::default(),
+            },
+            dimension,
+        );
+        Self::open_with(data_dir, collection, Some(&params))
+    }
+
+    /// Create the collection with `params` if it does not exist, else open it (refusing
+    /// another dimension).
+    pub fn open_or_create(data_dir: &Path, collection: &str, params: &CollectionParams) -> Result<Self, SinkError> {
+        Self::open_with(data_dir, collection, Some(params))
     }
 
     /// Open an existing collection with the dimension it was created with (for reading:
@@ -80,16 +101,21 @@ impl EmbeddedSink {
         Self::open_with(data_dir, collection, None)
     }
 
-    fn open_with(data_dir: &Path, collection: &str, dimension: Option<usize>) -> Result<Self, SinkError> {
+    /// Whether a collection exists under `data_dir`.
+    pub fn exists(data_dir: &Path, collection: &str) -> bool {
+        collection_dir(data_dir, collection).join("edge_config.json").exists()
+    }
+
+    fn open_with(data_dir: &Path, collection: &str, create: Option<&CollectionParams>) -> Result<Self, SinkError> {
         let path = collection_dir(data_dir, collection);
-        let exists = path.join("edge_config.json").exists();
+        let exists = Self::exists(data_dir, collection);
         let missing = || {
             SinkError::Permanent(format!(
                 "no collection `{collection}` under {} (run the pipeline first)",
                 data_dir.display()
             ))
         };
-        if !exists && dimension.is_none() {
+        if !exists && create.is_none() {
             return Err(missing());
         }
         std::fs::create_dir_all(&path).map_err(transient)?;
@@ -105,7 +131,8 @@ impl EmbeddedSink {
                 path.display()
             )));
         }
-        let (shard, dimension) = match (exists, dimension) {
+        let dimension = create.map(|p| p.dimension);
+        let (shard, dimension) = match (exists, create) {
             (true, _) => {
                 let shard = EdgeShard::load(&path, None).map_err(transient)?;
                 let existing = shard.config().vectors.values().next().map(|v| v.size);
@@ -121,28 +148,47 @@ impl EmbeddedSink {
                     }
                 }
             }
-            (false, Some(dimension)) => (Self::create(&path, dimension)?, dimension),
+            (false, Some(params)) => (Self::create(&path, params)?, params.dimension),
             (false, None) => return Err(missing()),
         };
         install_flush_panic_filter();
         Ok(Self { shard, dimension, path, write_lock: Mutex::new(()), _dir_lock: lock })
     }
 
-    fn create(path: &Path, dimension: usize) -> Result<EdgeShard, SinkError> {
-        let params = EdgeVectorParams {
-            size: dimension,
-            distance: Distance::Cosine,
-            on_disk: None,
+    fn create(path: &Path, params: &CollectionParams) -> Result<EdgeShard, SinkError> {
+        let vector = EdgeVectorParams {
+            size: params.dimension,
+            distance: match params.distance {
+                crate::config::Distance::Cosine => Distance::Cosine,
+                crate::config::Distance::Dot => Distance::Dot,
+                crate::config::Distance::Euclid => Distance::Euclid,
+            },
+            on_disk: Some(params.on_disk_vectors),
             multivector_config: None,
             datatype: None,
             quantization_config: None,
             hnsw_config: None,
         };
-        let config = EdgeConfigBuilder::new().vector("", params).on_disk_payload(false).build();
-        let shard = EdgeShard::new(path, config).map_err(transient)?;
-        for field in [keys::DOC_ID, keys::CONTENT_HASH] {
+        let mut builder = EdgeConfigBuilder::new().vector("", vector).on_disk_payload(params.on_disk_payload);
+        if params.hnsw_m.is_some() || params.hnsw_ef_construct.is_some() {
+            let default = qdrant_edge::HnswIndexConfig::default();
+            builder = builder.hnsw_config(qdrant_edge::HnswIndexConfig {
+                m: params.hnsw_m.map_or(default.m, |m| m as usize),
+                ef_construct: params.hnsw_ef_construct.map_or(default.ef_construct, |e| e as usize),
+                ..default
+            });
+        }
+        let shard = EdgeShard::new(path, builder.build()).map_err(transient)?;
+        for (field, kind) in &params.indexes {
+            let schema = match kind {
+                IndexKind::Keyword => "keyword",
+                IndexKind::Integer => "integer",
+                IndexKind::Float => "float",
+                IndexKind::Bool => "bool",
+                IndexKind::Datetime => "datetime",
+            };
             let op: UpdateOperation =
-                serde_json::from_value(json!({ "create_index": { "field_name": field, "field_schema": "keyword" } }))
+                serde_json::from_value(json!({ "create_index": { "field_name": field, "field_schema": schema } }))
                     .map_err(transient)?;
             shard.update(op).map_err(transient)?;
         }
@@ -384,5 +430,125 @@ impl VectorSink for EmbeddedSink {
 
     fn optimize(&self) -> Result<(), SinkError> {
         self.shard.optimize().map(|_| ()).map_err(transient)
+    }
+}
+
+/// The collections under a data directory and their aliases (`aliases.json`).
+#[derive(Debug, Clone)]
+pub struct EmbeddedCatalog {
+    data_dir: PathBuf,
+}
+
+/// Serialises alias changes within a process (across processes, the rename is atomic and
+/// the last writer wins).
+static ALIAS_LOCK: Mutex<()> = Mutex::new(());
+
+impl EmbeddedCatalog {
+    /// The catalog of `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self { data_dir: data_dir.to_path_buf() }
+    }
+
+    fn aliases_path(&self) -> PathBuf {
+        self.data_dir.join("aliases.json")
+    }
+
+    /// Alias → collection.
+    pub fn aliases(&self) -> Result<std::collections::BTreeMap<String, String>, SinkError> {
+        match std::fs::read(self.aliases_path()) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                SinkError::Permanent(format!("{} is not a JSON alias map: {e}", self.aliases_path().display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(transient(e)),
+        }
+    }
+
+    fn write_aliases(&self, map: &std::collections::BTreeMap<String, String>) -> Result<(), SinkError> {
+        std::fs::create_dir_all(&self.data_dir).map_err(transient)?;
+        let tmp = self.data_dir.join("aliases.json.tmp");
+        let bytes = serde_json::to_vec_pretty(map).map_err(transient)?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(transient)?;
+            f.write_all(&bytes).map_err(transient)?;
+            f.sync_all().map_err(transient)?;
+        }
+        std::fs::rename(&tmp, self.aliases_path()).map_err(transient)?;
+        if let Ok(d) = std::fs::File::open(&self.data_dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+impl Catalog for EmbeddedCatalog {
+    fn describe(&self) -> String {
+        format!("embedded engine at {}", self.data_dir.display())
+    }
+
+    fn resolve(&self, name: &str) -> Result<Option<String>, SinkError> {
+        if let Some(target) = self.aliases()?.get(name) {
+            return Ok(Some(target.clone()));
+        }
+        Ok(EmbeddedSink::exists(&self.data_dir, name).then(|| name.to_string()))
+    }
+
+    fn open(&self, collection: &str) -> Result<std::sync::Arc<dyn VectorSink>, SinkError> {
+        Ok(std::sync::Arc::new(EmbeddedSink::open_existing(&self.data_dir, collection)?))
+    }
+
+    fn create(&self, collection: &str, params: &CollectionParams) -> Result<std::sync::Arc<dyn VectorSink>, SinkError> {
+        if EmbeddedSink::exists(&self.data_dir, collection) || self.aliases()?.contains_key(collection) {
+            return Err(SinkError::Permanent(format!("collection `{collection}` already exists")));
+        }
+        Ok(std::sync::Arc::new(EmbeddedSink::open_or_create(&self.data_dir, collection, params)?))
+    }
+
+    fn switch_alias(&self, alias: &str, collection: &str) -> Result<(), SinkError> {
+        let _guard = ALIAS_LOCK.lock().map_err(|_| SinkError::Transient("alias lock poisoned".into()))?;
+        if !EmbeddedSink::exists(&self.data_dir, collection) {
+            return Err(SinkError::Permanent(format!("no collection `{collection}` to point alias `{alias}` at")));
+        }
+        if EmbeddedSink::exists(&self.data_dir, alias) {
+            return Err(SinkError::Permanent(format!("`{alias}` is a collection, it cannot become an alias")));
+        }
+        let mut map = self.aliases()?;
+        map.insert(alias.to_string(), collection.to_string());
+        self.write_aliases(&map)
+    }
+
+    fn delete_collection(&self, collection: &str) -> Result<(), SinkError> {
+        let _guard = ALIAS_LOCK.lock().map_err(|_| SinkError::Transient("alias lock poisoned".into()))?;
+        // Holding the collection's lock proves no process has it open.
+        let sink = EmbeddedSink::open_existing(&self.data_dir, collection)?;
+        let mut map = self.aliases()?;
+        let before = map.len();
+        map.retain(|_, target| target != collection);
+        if map.len() != before {
+            self.write_aliases(&map)?;
+        }
+        let path = sink.path.clone();
+        drop(sink);
+        std::fs::remove_dir_all(&path).map_err(transient)
+    }
+
+    fn collections(&self) -> Result<Vec<String>, SinkError> {
+        let mut out = Vec::new();
+        match std::fs::read_dir(self.data_dir.join("collections")) {
+            Ok(entries) => {
+                for e in entries.flatten() {
+                    if let Some(name) = e.file_name().to_str() {
+                        if EmbeddedSink::exists(&self.data_dir, name) {
+                            out.push(name.to_string());
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(transient(e)),
+        }
+        out.sort();
+        Ok(out)
     }
 }

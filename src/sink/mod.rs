@@ -1,11 +1,18 @@
-//! Vector sinks: the [`VectorSink`] trait (the seam for the Qdrant server sink) and the
-//! embedded implementation on the Qdrant engine (`qdrant-edge`). Sinks know nothing of
-//! timely; the runtime calls them off the timely threads. Every call returns only once the
-//! write is durable (the acknowledgement the dataflow's capability waits for).
+//! Vector sinks: the [`VectorSink`] trait (one collection) and the [`Catalog`] trait (the
+//! collections and the aliases in front of them), implemented on the embedded Qdrant engine
+//! (`qdrant-edge`, [`embedded`]) and on a Qdrant server over gRPC ([`qdrant`]). Sinks know
+//! nothing of timely; the runtime calls them off the timely threads. Every write returns only
+//! once it is durable (the acknowledgement the dataflow's capability waits for).
+//!
+//! The name a dataflow gives its collection is an alias of a versioned collection
+//! `<name>__<model tag>` ([`versioned_name`]); [`open_for_writing`] resolves or creates it.
 
 pub mod embedded;
+pub mod qdrant;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 use uuid::Uuid;
@@ -18,6 +25,14 @@ pub enum SinkError {
     /// Storage or connection trouble; retrying may help.
     #[error("sink unavailable: {0}")]
     Transient(String),
+    /// The server is overloaded and asked to wait (gRPC resource exhausted).
+    #[error("sink overloaded: {message} (retry after {}s)", after.as_secs_f64())]
+    Throttled {
+        /// The server's message.
+        message: String,
+        /// How long it asked to wait.
+        after: Duration,
+    },
     /// The request can never succeed (wrong dimension, invalid payload, …).
     #[error("sink rejected the request: {0}")]
     Permanent(String),
@@ -26,7 +41,15 @@ pub enum SinkError {
 impl SinkError {
     /// Whether retrying may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SinkError::Transient(_))
+        matches!(self, SinkError::Transient(_) | SinkError::Throttled { .. })
+    }
+
+    /// The least wait before a retry the server asked for.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SinkError::Throttled { after, .. } => Some(*after),
+            _ => None,
+        }
     }
 }
 
@@ -101,4 +124,135 @@ pub trait VectorSink: Send + Sync {
     fn count(&self) -> Result<usize, SinkError>;
     /// Build indexes now (HNSW); the embedded engine calls this in the background.
     fn optimize(&self) -> Result<(), SinkError>;
+}
+
+/// How a collection is created (from the dataflow's `[sink]` and the embedder).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionParams {
+    /// Vector dimension.
+    pub dimension: usize,
+    /// Distance.
+    pub distance: crate::config::Distance,
+    /// HNSW `m`.
+    pub hnsw_m: Option<u64>,
+    /// HNSW `ef_construct`.
+    pub hnsw_ef_construct: Option<u64>,
+    /// Vectors on disk.
+    pub on_disk_vectors: bool,
+    /// Payloads on disk.
+    pub on_disk_payload: bool,
+    /// Payload indexes: always `doc_id`, `content_hash`, `model_id` (keyword), then the
+    /// dataflow's filterable fields.
+    pub indexes: Vec<(String, crate::config::IndexKind)>,
+}
+
+impl CollectionParams {
+    /// The parameters a dataflow asks for, for vectors of `dimension`.
+    pub fn of(spec: &crate::config::SinkSpec, dimension: usize) -> Self {
+        use crate::config::IndexKind;
+        use crate::model::keys;
+        let mut indexes: Vec<(String, IndexKind)> = [keys::DOC_ID, keys::CONTENT_HASH, keys::MODEL_ID]
+            .into_iter()
+            .map(|k| (k.to_string(), IndexKind::Keyword))
+            .collect();
+        indexes.extend(spec.filterable.iter().map(|(k, v)| (k.clone(), *v)));
+        Self {
+            dimension,
+            distance: spec.distance,
+            hnsw_m: spec.hnsw_m,
+            hnsw_ef_construct: spec.hnsw_ef_construct,
+            on_disk_vectors: spec.on_disk_vectors,
+            on_disk_payload: spec.on_disk_payload,
+            indexes,
+        }
+    }
+}
+
+/// The collections of a store (a data directory, a Qdrant server) and their aliases.
+pub trait Catalog: Send + Sync {
+    /// Where the store is (for messages).
+    fn describe(&self) -> String;
+    /// The collection `name` denotes: an alias's target, or `name` if it is a collection,
+    /// or `None`.
+    fn resolve(&self, name: &str) -> Result<Option<String>, SinkError>;
+    /// Open an existing collection.
+    fn open(&self, collection: &str) -> Result<Arc<dyn VectorSink>, SinkError>;
+    /// Create a collection (an error if it exists) and open it.
+    fn create(&self, collection: &str, params: &CollectionParams) -> Result<Arc<dyn VectorSink>, SinkError>;
+    /// Point `alias` at `collection` in one atomic step (replacing its previous target):
+    /// readers see the old target or the new one, never neither.
+    fn switch_alias(&self, alias: &str, collection: &str) -> Result<(), SinkError>;
+    /// Drop a collection (and any alias pointing at it).
+    fn delete_collection(&self, collection: &str) -> Result<(), SinkError>;
+    /// Names of all collections.
+    fn collections(&self) -> Result<Vec<String>, SinkError>;
+}
+
+/// The part of a collection name that names the model: lower-case, `[a-z0-9-]`.
+///
+/// ```
+/// assert_eq!(freshet::sink::model_tag("sentence-transformers/all-MiniLM-L6-v2"), "sentence-transformers-all-minilm-l6-v2");
+/// assert_eq!(freshet::sink::model_tag("freshet/hash-16"), "freshet-hash-16");
+/// ```
+pub fn model_tag(model_id: &str) -> String {
+    let mut tag = String::with_capacity(model_id.len());
+    for c in model_id.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            tag.push(c);
+        } else if !tag.ends_with('-') {
+            tag.push('-');
+        }
+    }
+    tag.trim_matches('-').to_string()
+}
+
+/// The versioned collection behind alias `name` for a model: `<name>__<model tag>`.
+pub fn versioned_name(name: &str, model_id: &str) -> String {
+    format!("{name}__{}", model_tag(model_id))
+}
+
+/// The collection a pipeline writes: `name` resolved through its alias, or, when nothing
+/// has that name yet, a new `<name>__<model tag>` with `name` made its alias. Refuses a
+/// collection of another dimension, and a versioned collection of another model (the
+/// payloads' `model_id` are checked again when state is rebuilt).
+pub fn open_for_writing(
+    catalog: &dyn Catalog,
+    name: &str,
+    model_id: &str,
+    params: &CollectionParams,
+) -> Result<(String, Arc<dyn VectorSink>), SinkError> {
+    match catalog.resolve(name)? {
+        Some(physical) => {
+            let sink = catalog.open(&physical)?;
+            let tag = model_tag(model_id);
+            if let Some((_, other)) = physical.split_once("__") {
+                if other != tag {
+                    return Err(SinkError::Permanent(format!(
+                        "`{name}` is collection `{physical}`, built for another model than `{model_id}` \
+                         (run `freshet reindex --embedder …` to build and switch to a collection for it)"
+                    )));
+                }
+            }
+            if sink.dimension() != params.dimension {
+                return Err(SinkError::Permanent(format!(
+                    "collection `{physical}` holds vectors of dimension {}, the embedder `{model_id}` produces {}; \
+                     run `freshet reindex` to switch models",
+                    sink.dimension(),
+                    params.dimension
+                )));
+            }
+            Ok((physical, sink))
+        }
+        None => {
+            let physical = versioned_name(name, model_id);
+            let sink = match catalog.resolve(&physical)? {
+                Some(_) => catalog.open(&physical)?,
+                None => catalog.create(&physical, params)?,
+            };
+            catalog.switch_alias(name, &physical)?;
+            tracing::info!(alias = name, collection = %physical, store = %catalog.describe(), "collection created behind its alias");
+            Ok((physical, sink))
+        }
+    }
 }
