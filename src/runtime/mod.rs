@@ -267,6 +267,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         inflight: Arc::new(inflight),
         metrics: Arc::clone(&metrics),
         pipeline_depth: 4,
+        max_backoff: Duration::from_millis(config.qdrant.as_ref().map_or(10_000, |q| q.max_backoff_ms)),
     });
 
     // Background index building (HNSW), off the write path: after writes, once the pipeline

@@ -38,6 +38,8 @@ pub struct WriterShared {
     pub metrics: Arc<Metrics>,
     /// Times whose vectors are resolved ahead of the sink write.
     pub pipeline_depth: usize,
+    /// Longest wait between retries of a transient sink error.
+    pub max_backoff: Duration,
 }
 
 /// One worker's writer (see module docs).
@@ -217,19 +219,16 @@ fn build_ops(
 async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
     let mut tally = r.batch.tally;
     let mut dead = std::mem::take(&mut r.batch.dead);
-    let mut upserts = Vec::new();
-    let mut rest = Vec::new();
+    let mut per_doc: Vec<(usize, Vec<SinkOp>)> = Vec::with_capacity(r.batch.writes.len());
     let mut tombstones = Vec::new();
     let mut seen = Vec::new();
-    for w in &r.batch.writes {
+    for (i, w) in r.batch.writes.iter().enumerate() {
         if let Some(v) = w.seen_version {
             seen.push((w.doc_id.clone(), v));
         }
-        for op in build_ops(s, w, &r, &mut dead, &mut tally) {
-            match op {
-                SinkOp::Upsert(p) => upserts.extend(p),
-                other => rest.push(other),
-            }
+        let ops = build_ops(s, w, &r, &mut dead, &mut tally);
+        if !ops.is_empty() {
+            per_doc.push((i, ops));
         }
         if let Some(v) = w.tombstone {
             tombstones.push((w.doc_id.clone(), v));
@@ -237,6 +236,16 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
     }
     // Points of different documents are disjoint and one document's upserts, payload
     // updates and deletes touch different positions, so grouping keeps the effect.
+    let mut upserts = Vec::new();
+    let mut rest = Vec::new();
+    for (_, ops) in &per_doc {
+        for op in ops {
+            match op {
+                SinkOp::Upsert(p) => upserts.extend(p.iter().cloned()),
+                other => rest.push(other.clone()),
+            }
+        }
+    }
     let mut ops = Vec::with_capacity(rest.len() + 1);
     if !upserts.is_empty() {
         ops.push(SinkOp::Upsert(upserts));
@@ -254,44 +263,43 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
             tracing::warn!(error = %e, "could not record the write in the in-flight log");
         }
     }
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let sink = Arc::clone(&s.sink);
-        let ops_now = ops.clone();
-        let res = tokio::task::spawn_blocking(move || sink.apply(ops_now))
-            .await
-            .unwrap_or_else(|e| Err(SinkError::Transient(format!("sink task failed: {e}"))));
-        match res {
-            Ok(()) => {
-                if !upserted.is_empty() {
-                    if let Err(e) = s.inflight.done(r.time) {
-                        tracing::warn!(error = %e, "could not mark the write done in the in-flight log");
-                    }
+    if !ops.is_empty() {
+        if let Err(e) = apply_with_retry(s, r.time, ops).await {
+            // Something in the batch can never be written: write each document on its
+            // own so that only the rejected ones go to the dead-letter file.
+            tracing::warn!(time = r.time, error = %e, documents = per_doc.len(), "sink rejected a batch; writing its documents one by one");
+            for (i, doc_ops) in per_doc {
+                let w = &r.batch.writes[i];
+                let Err(e) = apply_with_retry(s, r.time, doc_ops.clone()).await else { continue };
+                tracing::error!(time = r.time, doc_id = %w.doc_id.0, error = %e, "sink rejected a document; dead-lettered");
+                s.metrics.sink_rejected.inc();
+                // No stale point may stay where the rejected write should have landed.
+                let ids: Vec<Uuid> = doc_ops
+                    .iter()
+                    .flat_map(|op| match op {
+                        SinkOp::Upsert(p) => p.iter().map(|p| p.id).collect::<Vec<_>>(),
+                        SinkOp::SetPayload { ids, .. } | SinkOp::Delete(ids) => ids.clone(),
+                    })
+                    .collect();
+                if let Err(e) = apply_with_retry(s, r.time, vec![SinkOp::Delete(ids)]).await {
+                    tracing::error!(doc_id = %w.doc_id.0, error = %e, "could not remove the rejected document's points");
                 }
-                break;
+                dead.push(DeadLetter {
+                    origin: None,
+                    position: w.version,
+                    stage: "sink".into(),
+                    reason: "sink_rejected".into(),
+                    error: e.to_string(),
+                    doc_id: Some(w.doc_id.0.clone()),
+                    record_excerpt: None,
+                    record_bytes: None,
+                });
             }
-            Err(e) if e.is_transient() => {
-                s.metrics.retries.inc();
-                tracing::warn!(time = r.time, error = %e, retry_in_ms = backoff.as_millis() as u64, "sink write failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => {
-                tracing::error!(time = r.time, error = %e, "sink rejected a batch; writing it to the dead-letter file");
-                for w in &r.batch.writes {
-                    dead.push(DeadLetter {
-                        origin: None,
-                        position: 0,
-                        stage: "sink".into(),
-                        reason: "sink_rejected".into(),
-                        error: e.to_string(),
-                        doc_id: Some(w.doc_id.0.clone()),
-                        record_excerpt: None,
-                        record_bytes: None,
-                    });
-                }
-                break;
-            }
+        }
+    }
+    if !upserted.is_empty() {
+        if let Err(e) = s.inflight.done(r.time) {
+            tracing::warn!(error = %e, "could not mark the write done in the in-flight log");
         }
     }
     if let Some(v) = r.batch.truncated_at {
@@ -315,4 +323,30 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
         }
     }
     tally
+}
+
+/// Apply `ops`, retrying transient errors (doubling waits with jitter, at least what the
+/// sink asked for) for as long as it takes: the time stays unacknowledged meanwhile, so
+/// the frontier — and the lag — show the outage. Returns the permanent error, if any.
+async fn apply_with_retry(s: &WriterShared, time: Time, ops: Vec<SinkOp>) -> Result<(), SinkError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let sink = Arc::clone(&s.sink);
+        let ops_now = ops.clone();
+        let res = tokio::task::spawn_blocking(move || sink.apply(ops_now))
+            .await
+            .unwrap_or_else(|e| Err(SinkError::Transient(format!("sink task failed: {e}"))));
+        match res {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() => {
+                s.metrics.retries.inc();
+                let jittered = backoff.mul_f64(rand::random_range(0.5..1.0));
+                let wait = jittered.max(e.retry_after().unwrap_or_default());
+                tracing::warn!(time, error = %e, retry_in_ms = wait.as_millis() as u64, "sink write failed; retrying");
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(s.max_backoff);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

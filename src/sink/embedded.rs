@@ -221,20 +221,23 @@ impl EmbeddedSink {
     }
 
     fn apply_locked(&self, ops: Vec<SinkOp>) -> Result<(), SinkError> {
+        // Validate the whole call first: a rejected call applies nothing.
+        for op in &ops {
+            if let SinkOp::Upsert(points) = op {
+                if let Some(p) = points.iter().find(|p| p.vector.len() != self.dimension) {
+                    return Err(SinkError::Permanent(format!(
+                        "vector of dimension {} for a collection of dimension {}",
+                        p.vector.len(),
+                        self.dimension
+                    )));
+                }
+            }
+        }
         for op in ops {
             match op {
                 SinkOp::Upsert(points) => {
                     if points.is_empty() {
                         continue;
-                    }
-                    for p in &points {
-                        if p.vector.len() != self.dimension {
-                            return Err(SinkError::Permanent(format!(
-                                "vector of dimension {} for a collection of dimension {}",
-                                p.vector.len(),
-                                self.dimension
-                            )));
-                        }
                     }
                     let list = points
                         .into_iter()

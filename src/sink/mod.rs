@@ -224,7 +224,6 @@ pub fn open_for_writing(
 ) -> Result<(String, Arc<dyn VectorSink>), SinkError> {
     match catalog.resolve(name)? {
         Some(physical) => {
-            let sink = catalog.open(&physical)?;
             let tag = model_tag(model_id);
             if let Some((_, other)) = physical.split_once("__") {
                 if other != tag {
@@ -234,6 +233,7 @@ pub fn open_for_writing(
                     )));
                 }
             }
+            let sink = catalog.open(&physical)?;
             if sink.dimension() != params.dimension {
                 return Err(SinkError::Permanent(format!(
                     "collection `{physical}` holds vectors of dimension {}, the embedder `{model_id}` produces {}; \

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub points: Family<OpLabel, Counter>,
     /// Transient sink or embedder errors that were retried.
     pub retries: Counter,
+    /// Documents whose sink write was rejected as permanently invalid (dead-lettered).
+    pub sink_rejected: Counter,
     /// now − sink frontier while work is pending, else 0 (seconds).
     pub frontier_lag_seconds: Gauge<f64, AtomicU64>,
     /// Source frontier (ms since epoch).
@@ -87,6 +89,7 @@ impl Metrics {
         let vectors_reused = Counter::default();
         let points = Family::<OpLabel, Counter>::default();
         let retries = Counter::default();
+        let sink_rejected = Counter::default();
         let frontier_lag_seconds = Gauge::<f64, AtomicU64>::default();
         let source_frontier_ms = Gauge::default();
         let sink_frontier_ms = Gauge::default();
@@ -105,6 +108,11 @@ impl Metrics {
         registry.register("vectors_reused", "Vectors reused from the cache or the collection", vectors_reused.clone());
         registry.register("points_written", "Points written by operation", points.clone());
         registry.register("retries", "Transient errors retried", retries.clone());
+        registry.register(
+            "sink_rejected",
+            "Documents whose write the sink rejected as invalid (dead-lettered)",
+            sink_rejected.clone(),
+        );
         registry.register(
             "frontier_lag_seconds",
             "Now minus the sink frontier while work is pending, 0 when caught up",
@@ -127,6 +135,7 @@ impl Metrics {
             vectors_reused,
             points,
             retries,
+            sink_rejected,
             frontier_lag_seconds,
             source_frontier_ms,
             sink_frontier_ms,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub mod kafka;
+pub mod qdrant;
 
 use freshet::config::DataflowSpec;
 use freshet::dataflow::chunk::Chunker;
