@@ -97,6 +97,16 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Find and remove points that should not be in the collection (written behind
+    /// freshet's back, of another model, of deleted documents, torn by a crash); prints a
+    /// JSON report by reason. Run it while the pipeline is stopped.
+    Reconcile {
+        #[command(flatten)]
+        common: Common,
+        /// Report only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Write every point as one JSON object per line, sorted by id.
     Export {
         #[command(flatten)]
@@ -220,6 +230,12 @@ fn real_main() -> Result<()> {
             let opts = RunOptions { dataflow: spec, config, until_end: true, replay: Some(replay) };
             let totals = runtime::run(opts, stop)?;
             println!("{}", summary_json(&totals));
+            Ok(())
+        }
+        Command::Reconcile { common, dry_run } => {
+            let (spec, config) = load(&common)?;
+            let report = runtime::reconcile::reconcile(&spec, &config, dry_run)?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Export { common, collection, with_vectors } => {

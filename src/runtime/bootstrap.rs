@@ -12,16 +12,52 @@ use super::store::Tombstones;
 use crate::dataflow::operators::doc_state::InitialState;
 use crate::dataflow::state::{DocShape, DocState};
 use crate::dataflow::worker_for;
-use crate::model::{keys, parse_field_hashes, route, value_hash, ContentHash, DocId};
+use crate::model::{keys, parse_field_hashes, point_id, route, value_hash, ContentHash, DocId};
 use crate::sink::{SinkError, VectorSink};
+
+/// Why a point cannot belong to the collection's documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OrphanReason {
+    /// It lacks freshet's payload keys (`doc_id`, `chunk_index`, `content_hash`,
+    /// `source_version`): written by someone else.
+    MissingKeys,
+    /// Its id is not the one freshet derives from its collection, document and chunk
+    /// index: a copy written by someone else.
+    WrongId,
+    /// Its vector is of another model than the pipeline's.
+    OtherModel,
+    /// Its document was deleted after it was written.
+    DeletedDocument,
+    /// It lies beyond a gap in its document's chunk indexes.
+    ChunkGap,
+    /// It was being written when the process died.
+    TornWrite,
+}
+
+impl OrphanReason {
+    /// Name in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrphanReason::MissingKeys => "missing_keys",
+            OrphanReason::WrongId => "wrong_id",
+            OrphanReason::OtherModel => "other_model",
+            OrphanReason::DeletedDocument => "deleted_document",
+            OrphanReason::ChunkGap => "chunk_gap",
+            OrphanReason::TornWrite => "torn_write",
+        }
+    }
+}
 
 /// The rebuilt state.
 #[derive(Debug, Default)]
 pub struct Bootstrap {
     /// Per worker.
     pub workers: Vec<InitialState>,
-    /// Points to delete before starting.
-    pub orphans: Vec<Uuid>,
+    /// Points to delete before starting, with the reason.
+    pub orphans: Vec<(Uuid, OrphanReason)>,
+    /// Points of another model (the pipeline refuses to start on them; `reconcile`
+    /// removes them).
+    pub other_model: Vec<(Uuid, String)>,
     /// Live documents found.
     pub live_docs: usize,
     /// Points read.
@@ -36,7 +72,9 @@ struct Partial {
     text_fields: Option<Vec<u64>>,
 }
 
-/// Rebuild state for `peers` workers. Fails if the collection holds vectors of another model.
+/// Rebuild state for `peers` workers from the points of a collection whose point ids are
+/// derived in `namespace`. Points of another model are listed in
+/// [`Bootstrap::other_model`] and take no part in the state.
 ///
 /// `suspects` are the points of a write torn by a crash (from the in-flight log): their
 /// vector and payload may disagree, so they are deleted and their documents start from
@@ -46,6 +84,7 @@ pub fn rebuild(
     sink: &dyn VectorSink,
     shape: &DocShape,
     model_id: &str,
+    namespace: &Uuid,
     tombstones: &Tombstones,
     suspects: &[Uuid],
     peers: usize,
@@ -55,30 +94,37 @@ pub fn rebuild(
     let mut docs: BTreeMap<DocId, Partial> = BTreeMap::new();
     let mut orphans = Vec::new();
     let mut points = 0usize;
-    let mut foreign_model: Option<String> = None;
+    let mut other_model = Vec::new();
     sink.scroll(false, 1024, &mut |page| {
         for p in page {
             points += 1;
             let pl = &p.payload;
-            if let Some(m) = pl.get(keys::MODEL_ID).and_then(|v| v.as_str()) {
-                if m != model_id && foreign_model.is_none() {
-                    foreign_model = Some(m.to_string());
-                }
-            }
             let doc = pl.get(keys::DOC_ID).and_then(|v| v.as_str());
             let idx = pl.get(keys::CHUNK_INDEX).and_then(|v| v.as_u64()).and_then(|i| u32::try_from(i).ok());
             let hash = pl.get(keys::CONTENT_HASH).and_then(|v| v.as_str()).and_then(ContentHash::from_hex);
             let version = pl.get(keys::SOURCE_VERSION).and_then(|v| v.as_u64());
             let (Some(doc), Some(idx), Some(hash), Some(version)) = (doc, idx, hash, version) else {
-                orphans.push(p.id);
+                orphans.push((p.id, OrphanReason::MissingKeys));
                 continue;
             };
-            if suspects.contains(&p.id) {
-                orphans.push(p.id);
-                dirty.insert(DocId(doc.to_string()));
+            let doc_id = DocId(doc.to_string());
+            if p.id != point_id(namespace, &doc_id, idx) {
+                orphans.push((p.id, OrphanReason::WrongId));
                 continue;
             }
-            let e = docs.entry(DocId(doc.to_string())).or_default();
+            match pl.get(keys::MODEL_ID).and_then(|v| v.as_str()) {
+                Some(m) if m == model_id => {}
+                other => {
+                    other_model.push((p.id, other.unwrap_or("(none)").to_string()));
+                    continue;
+                }
+            }
+            if suspects.contains(&p.id) {
+                orphans.push((p.id, OrphanReason::TornWrite));
+                dirty.insert(doc_id);
+                continue;
+            }
+            let e = docs.entry(doc_id).or_default();
             e.chunks.insert(idx, (hash, p.id));
             // Points of one document disagree only after a torn write: keep the oldest
             // version so that replaying the newer change repairs them.
@@ -95,19 +141,13 @@ pub fn rebuild(
             }
         }
     })?;
-    if let Some(m) = foreign_model {
-        return Err(SinkError::Permanent(format!(
-            "the collection holds vectors of model `{m}`, the pipeline embeds with `{model_id}`; \
-             use a new collection (or reindex)"
-        )));
-    }
     let mut workers: Vec<InitialState> = (0..peers.max(1)).map(|_| InitialState::default()).collect();
     let mut live_docs = 0;
     for (doc_id, p) in docs {
         let version = p.version.unwrap_or(0);
         if tombstones.docs.get(&doc_id).is_some_and(|t| *t > version) {
             // Deleted after these points were written (the delete's ack was lost).
-            orphans.extend(p.chunks.values().map(|(_, id)| *id));
+            orphans.extend(p.chunks.values().map(|(_, id)| (*id, OrphanReason::DeletedDocument)));
             continue;
         }
         let mut chunks = Vec::with_capacity(p.chunks.len());
@@ -115,7 +155,7 @@ pub fn rebuild(
             if idx as usize == i && chunks.len() == i {
                 chunks.push(hash);
             } else {
-                orphans.push(id);
+                orphans.push((id, OrphanReason::ChunkGap));
             }
         }
         // A no-op change may have advanced the version past the payloads'. A document
@@ -145,5 +185,5 @@ pub fn rebuild(
     for w in &mut workers {
         w.truncated_at = tombstones.truncated_at;
     }
-    Ok(Bootstrap { workers, orphans, live_docs, points })
+    Ok(Bootstrap { workers, orphans, other_model, live_docs, points })
 }

@@ -7,6 +7,7 @@
 
 pub mod bootstrap;
 pub mod progress;
+pub mod reconcile;
 pub mod store;
 pub mod writer;
 
@@ -230,7 +231,24 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     if !suspects.is_empty() {
         tracing::warn!(points = suspects.len(), "a write was torn by a crash; its points are rewritten");
     }
-    let boot = bootstrap::rebuild(sink.as_ref(), &shape, embedder.model_id(), &tombstones, &suspects, config.workers)?;
+    let namespace = collection_namespace(&spec.sink.collection);
+    let boot = bootstrap::rebuild(
+        sink.as_ref(),
+        &shape,
+        embedder.model_id(),
+        &namespace,
+        &tombstones,
+        &suspects,
+        config.workers,
+    )?;
+    if let Some((_, m)) = boot.other_model.first() {
+        return Err(RuntimeError::Sink(crate::sink::SinkError::Permanent(format!(
+            "collection `{physical}` holds {} points of model `{m}`, the pipeline embeds with `{}`; \
+             run `freshet reconcile` to remove them, or `freshet reindex` to change models",
+            boot.other_model.len(),
+            embedder.model_id()
+        ))));
+    }
     tracing::info!(
         points = boot.points,
         documents = boot.live_docs,
@@ -238,7 +256,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         "state rebuilt from the collection"
     );
     if !boot.orphans.is_empty() {
-        sink.apply(vec![SinkOp::Delete(boot.orphans.clone())])?;
+        sink.apply(vec![SinkOp::Delete(boot.orphans.iter().map(|(id, _)| *id).collect())])?;
     }
     if !suspects.is_empty() {
         inflight.done(0).map_err(io("updating the in-flight write log"))?;
@@ -261,7 +279,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     let shared = Arc::new(WriterShared {
         sink: Arc::clone(&sink),
         embed,
-        namespace: collection_namespace(&spec.sink.collection),
+        namespace,
         dead_letters,
         tombstones: Arc::new(tombstone_log),
         inflight: Arc::new(inflight),
