@@ -97,6 +97,34 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Move the collection to another embedding model with no downtime: build
+    /// `<collection>__<new model>` from the current one while the pipeline keeps running
+    /// (live changes go to both), verify it, then switch the alias in one atomic step.
+    /// Afterwards, put the new embedder in the dataflow file and start `run`.
+    Reindex {
+        /// Pipeline definition (its `[embedder]` is the current model).
+        #[arg(long)]
+        dataflow: PathBuf,
+        /// Runtime config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override the data directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The new embedder: a kind (`local-minilm`, `hash`) replacing the dataflow's, or a
+        /// TOML file with an `[embedder]` table.
+        #[arg(long)]
+        embedder: String,
+        /// Drop the old collection after the switch (kept by default).
+        #[arg(long)]
+        drop_old: bool,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+        /// Vectors of the new collection embedded again and compared before the switch.
+        #[arg(long, default_value_t = 64)]
+        sample: usize,
+    },
     /// Find and remove points that should not be in the collection (written behind
     /// freshet's back, of another model, of deleted documents, torn by a crash); prints a
     /// JSON report by reason. Run it while the pipeline is stopped.
@@ -227,9 +255,36 @@ fn real_main() -> Result<()> {
                 ctrlc_handler(move || stop.store(true, Ordering::Relaxed));
             }
             let replay = runtime::Replay { from: start, into, progress_bar: !no_progress };
-            let opts = RunOptions { dataflow: spec, config, until_end: true, replay: Some(replay) };
+            let opts = RunOptions { dataflow: spec, config, until_end: true, replay: Some(replay), mirror: None };
             let totals = runtime::run(opts, stop)?;
             println!("{}", summary_json(&totals));
+            Ok(())
+        }
+        Command::Reindex { dataflow, config, data_dir, embedder, drop_old, no_progress, sample } => {
+            let (spec, config) = load(&Common { dataflow, config, data_dir, embedder: None })?;
+            let new_embedder = if embedder.ends_with(".toml") {
+                freshet::config::load_embedder(std::path::Path::new(&embedder))?
+            } else {
+                let kind: EmbedderKind = embedder.parse().map_err(|_| {
+                    anyhow::anyhow!("--embedder {embedder:?}: give `local-minilm`, `hash` or a .toml file")
+                })?;
+                freshet::config::EmbedderSpec { kind, ..spec.embedder.clone() }
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            {
+                let stop = Arc::clone(&stop);
+                ctrlc_handler(move || stop.store(true, Ordering::Relaxed));
+            }
+            let opts = runtime::reindex::ReindexOptions {
+                dataflow: spec,
+                config,
+                embedder: new_embedder,
+                drop_old,
+                progress_bar: !no_progress,
+                sample,
+            };
+            let report = runtime::reindex::reindex(opts, stop)?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Reconcile { common, dry_run } => {

@@ -129,6 +129,10 @@ pub struct EmbedderSpec {
     /// For `hash`: vector dimension.
     #[serde(default = "default_hash_dimension")]
     pub dimension: usize,
+    /// For `hash`: another seed is another "model" of the same dimension (model id
+    /// `freshet/hash-<dimension>-seed<seed>`), for testing model upgrades.
+    #[serde(default)]
+    pub seed: u64,
     /// Texts are truncated to this many tokens by the model.
     #[serde(default = "default_max_tokens")]
     pub max_tokens: usize,

@@ -57,3 +57,22 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str
         message: e.to_string().trim_end().replace('\n', " "),
     })
 }
+
+/// A file holding one `[embedder]` table (the new embedder of `freshet reindex`).
+pub fn load_embedder(path: &Path) -> Result<EmbedderSpec, ConfigError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        embedder: EmbedderSpec,
+    }
+    let f: File = read_toml(path)?;
+    let e = f.embedder;
+    if e.max_batch_texts == 0 || e.max_batch_tokens == 0 || e.concurrency == 0 || e.dimension == 0 {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: "`embedder.max_batch_texts`, `max_batch_tokens`, `concurrency`, `dimension` must be positive"
+                .into(),
+        });
+    }
+    Ok(e)
+}

@@ -13,6 +13,7 @@ use crate::model::ContentHash;
 #[derive(Debug, Clone)]
 pub struct HashEmbedder {
     dimension: usize,
+    seed: u64,
     model_id: String,
     /// Appends one line per call (the number of texts) — how tests count embedding spend
     /// across crashes.
@@ -22,7 +23,17 @@ pub struct HashEmbedder {
 impl HashEmbedder {
     /// A hash embedder producing vectors of `dimension` floats.
     pub fn new(dimension: usize) -> Self {
-        Self { dimension, model_id: format!("freshet/hash-{dimension}"), call_log: None }
+        Self { dimension, seed: 0, model_id: format!("freshet/hash-{dimension}"), call_log: None }
+    }
+
+    /// Another "model" of the same dimension (other vectors, model id
+    /// `freshet/hash-<dimension>-seed<seed>`); seed 0 is [`HashEmbedder::new`].
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        if seed != 0 {
+            self.model_id = format!("freshet/hash-{}-seed{seed}", self.dimension);
+        }
+        self
     }
 
     /// Also append the number of texts of every call to `path` (one line, written before
@@ -41,6 +52,9 @@ impl HashEmbedder {
             let mut h = Sha256::new();
             h.update(hash.0);
             h.update(counter.to_le_bytes());
+            if self.seed != 0 {
+                h.update(self.seed.to_le_bytes());
+            }
             let block = h.finalize();
             for pair in block.chunks_exact(2) {
                 if out.len() == self.dimension {

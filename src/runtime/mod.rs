@@ -8,6 +8,7 @@
 pub mod bootstrap;
 pub mod progress;
 pub mod reconcile;
+pub mod reindex;
 pub mod store;
 pub mod writer;
 
@@ -91,6 +92,26 @@ pub struct RunOptions {
     pub until_end: bool,
     /// A replay instead of the live pipeline.
     pub replay: Option<Replay>,
+    /// Set by `reindex`: the collection already opened, and a hook told the documents of
+    /// every acknowledged write.
+    pub mirror: Option<MirrorHooks>,
+}
+
+/// See [`RunOptions::mirror`].
+#[derive(Clone)]
+pub struct MirrorHooks {
+    /// The collection (its name and the open sink).
+    pub sink: (String, Arc<dyn VectorSink>),
+    /// Called after each write.
+    pub on_written: writer::WrittenHook,
+    /// Kept up to date: the source has read all there is and the sink has acknowledged it.
+    pub idle: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for MirrorHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorHooks").field("collection", &self.sink.0).finish()
+    }
 }
 
 /// `freshet replay`: re-read Kafka from a position to the current end, without touching
@@ -109,7 +130,7 @@ pub struct Replay {
 impl RunOptions {
     /// A live run.
     pub fn live(dataflow: DataflowSpec, config: RuntimeConfig, until_end: bool) -> Self {
-        Self { dataflow, config, until_end, replay: None }
+        Self { dataflow, config, until_end, replay: None, mirror: None }
     }
 }
 
@@ -117,7 +138,7 @@ impl RunOptions {
 pub fn open_embedder(spec: &EmbedderSpec) -> Result<Arc<dyn Embedder>, RuntimeError> {
     Ok(match spec.kind {
         EmbedderKind::Hash => {
-            let e = HashEmbedder::new(spec.dimension);
+            let e = HashEmbedder::new(spec.dimension).with_seed(spec.seed);
             Arc::new(match &spec.call_log {
                 Some(p) => e.with_call_log(p.clone()),
                 None => e,
@@ -175,7 +196,7 @@ pub fn with_embedder(mut spec: DataflowSpec, kind: Option<EmbedderKind>) -> Data
 
 /// Run a pipeline. Returns the acknowledged counters.
 pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeError> {
-    let RunOptions { dataflow: spec, config, until_end, replay } = opts;
+    let RunOptions { dataflow: spec, config, until_end, replay, mirror } = opts;
     std::fs::create_dir_all(&config.data_dir).map_err(io(format!("creating {}", config.data_dir.display())))?;
     let started = Instant::now();
     // The collection written; point ids always use the dataflow's collection name.
@@ -202,12 +223,15 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     };
     let embedder = open_embedder(&spec.embedder)?;
     let catalog = open_catalog(&spec, &config)?;
-    let (physical, sink) = open_for_writing(
-        catalog.as_ref(),
-        &collection,
-        embedder.model_id(),
-        &CollectionParams::of(&spec.sink, embedder.dimension()),
-    )?;
+    let (physical, sink) = match &mirror {
+        Some(m) => m.sink.clone(),
+        None => open_for_writing(
+            catalog.as_ref(),
+            &collection,
+            embedder.model_id(),
+            &CollectionParams::of(&spec.sink, embedder.dimension()),
+        )?,
+    };
     tracing::info!(name = %collection, collection = %physical, store = %catalog.describe(), "writing collection");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -286,6 +310,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         metrics: Arc::clone(&metrics),
         pipeline_depth: 4,
         max_backoff: Duration::from_millis(config.qdrant.as_ref().map_or(10_000, |q| q.max_backoff_ms)),
+        on_written: mirror.as_ref().map(|m| Arc::clone(&m.on_written)),
     });
 
     // Background index building (HNSW), off the write path: after writes, once the pipeline
@@ -344,6 +369,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     let progress_w = Arc::clone(&progress);
     let stop_w = Arc::clone(&stop);
     let activity_w = Arc::clone(&activity);
+    let idle_w = mirror.as_ref().map(|m| Arc::clone(&m.idle));
     let file_opts = FileSourceOptions {
         path: source_path,
         key_separator: spec.source.key_separator.clone(),
@@ -408,8 +434,12 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
             worker.step_or_park(Some(Duration::from_millis(20)));
             if index == 0 && last_lag_update.elapsed() >= Duration::from_millis(100) {
                 last_lag_update = Instant::now();
-                if update_lag(&metrics_w, &progress_w, probe.with_frontier(|f| f.first().copied())) {
+                let pending = update_lag(&metrics_w, &progress_w, probe.with_frontier(|f| f.first().copied()));
+                if pending {
                     activity_w.last_busy_ms.store(now_ms(), Ordering::Relaxed);
+                }
+                if let Some(idle) = &idle_w {
+                    idle.store(!pending && progress_w.at_end(), Ordering::Relaxed);
                 }
             }
             if probe.done() {

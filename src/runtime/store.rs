@@ -219,3 +219,17 @@ impl TombstoneLog {
         f.sync_data()
     }
 }
+
+/// Carry a collection's state log (tombstones, versions seen) over to another collection
+/// that now holds the same documents (`reindex`).
+pub fn copy_state(data_dir: &Path, from: &str, to: &str) -> std::io::Result<()> {
+    let src = TombstoneLog::path(data_dir, from);
+    if src.exists() {
+        let dst = TombstoneLog::path(data_dir, to);
+        let tmp = dst.with_extension("jsonl.tmp");
+        std::fs::copy(&src, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &dst)?;
+    }
+    Ok(())
+}

@@ -40,7 +40,12 @@ pub struct WriterShared {
     pub pipeline_depth: usize,
     /// Longest wait between retries of a transient sink error.
     pub max_backoff: Duration,
+    /// Told the documents of every write once the sink has it (`reindex` mirrors them).
+    pub on_written: Option<WrittenHook>,
 }
+
+/// See [`WriterShared::on_written`].
+pub type WrittenHook = Arc<dyn Fn(Vec<crate::model::DocId>) + Send + Sync>;
 
 /// One worker's writer (see module docs).
 pub struct RuntimeWriter {
@@ -268,7 +273,8 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
             // Something in the batch can never be written: write each document on its
             // own so that only the rejected ones go to the dead-letter file.
             tracing::warn!(time = r.time, error = %e, documents = per_doc.len(), "sink rejected a batch; writing its documents one by one");
-            for (i, doc_ops) in per_doc {
+            for (i, doc_ops) in &per_doc {
+                let (i, doc_ops) = (*i, doc_ops.clone());
                 let w = &r.batch.writes[i];
                 let Err(e) = apply_with_retry(s, r.time, doc_ops.clone()).await else { continue };
                 tracing::error!(time = r.time, doc_id = %w.doc_id.0, error = %e, "sink rejected a document; dead-lettered");
@@ -295,6 +301,12 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
                     record_bytes: None,
                 });
             }
+        }
+    }
+    if let Some(hook) = &s.on_written {
+        let docs: Vec<crate::model::DocId> = per_doc.iter().map(|(i, _)| r.batch.writes[*i].doc_id.clone()).collect();
+        if !docs.is_empty() {
+            hook(docs);
         }
     }
     if !upserted.is_empty() {

@@ -152,7 +152,85 @@ impl EmbeddedSink {
             (false, None) => return Err(missing()),
         };
         install_flush_panic_filter();
-        Ok(Self { shard, dimension, path, write_lock: Mutex::new(()), _dir_lock: lock })
+        let sink = Self { shard, dimension, path, write_lock: Mutex::new(()), _dir_lock: lock };
+        if exists {
+            sink.repair_duplicates()?;
+        }
+        Ok(sink)
+    }
+
+    /// An optimisation writes its new segment before it removes the segments it replaces;
+    /// a process killed in between leaves both on disk, and qdrant-edge 0.7.1 (unlike
+    /// Qdrant) does not deduplicate points on load — reads may then find either copy, and
+    /// later writes update only one. Optimisations run under the write lock, so the copies
+    /// are identical: rewriting every point once (delete, then upsert the copy read) makes
+    /// the collection whole again. Detected by the exact count exceeding the distinct ids.
+    fn repair_duplicates(&self) -> Result<(), SinkError> {
+        let total = self.count()?;
+        let mut distinct = 0usize;
+        self.scroll_raw(false, 4096, &mut |page| {
+            distinct += page.len();
+            Ok(())
+        })?;
+        if distinct == total {
+            return Ok(());
+        }
+        tracing::warn!(
+            path = %self.path.display(),
+            counted = total,
+            distinct,
+            "collection holds points twice (killed during an index build); rewriting every point once"
+        );
+        self.scroll_raw(true, 1024, &mut |page| {
+            let ids: Vec<PointId> = page.iter().map(|p| p.id).collect();
+            let points: Vec<PointStructPersisted> = page
+                .into_iter()
+                .filter_map(|r| {
+                    Some(PointStructPersisted { id: r.id, vector: dense(r.vector)?.into(), payload: r.payload })
+                })
+                .collect();
+            self.update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids }))?;
+            self.update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+                qdrant_edge::PointInsertOperations::PointsList(points),
+            )))
+        })?;
+        self.flush()?;
+        let after = self.count()?;
+        if after != distinct {
+            return Err(SinkError::Permanent(format!(
+                "{}: {after} points counted after rewriting {distinct} distinct ones",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Visit all records in id order (each id once), `page` at a time.
+    fn scroll_raw(
+        &self,
+        with_vectors: bool,
+        page: usize,
+        visit: &mut dyn FnMut(Vec<qdrant_edge::Record>) -> Result<(), SinkError>,
+    ) -> Result<(), SinkError> {
+        let mut offset: Option<PointId> = None;
+        loop {
+            let (records, next) = self
+                .shard
+                .scroll(ScrollRequest {
+                    offset,
+                    limit: Some(page),
+                    filter: None,
+                    with_payload: Some(WithPayloadInterface::Bool(with_vectors)),
+                    with_vector: WithVector::Bool(with_vectors),
+                    order_by: None,
+                })
+                .map_err(transient)?;
+            visit(records)?;
+            match next {
+                Some(n) => offset = Some(n),
+                None => return Ok(()),
+            }
+        }
     }
 
     fn create(path: &Path, params: &CollectionParams) -> Result<EdgeShard, SinkError> {
@@ -350,6 +428,39 @@ impl VectorSink for EmbeddedSink {
         }
     }
 
+    fn points_of_docs(&self, docs: &[String], with_vectors: bool) -> Result<Vec<StoredPoint>, SinkError> {
+        let mut out = Vec::new();
+        for group in docs.chunks(256) {
+            let filter = Self::filter_from(json!({ "must": [{ "key": keys::DOC_ID, "match": { "any": group } }] }))?;
+            let mut offset: Option<PointId> = None;
+            loop {
+                let (records, next) = self
+                    .shard
+                    .scroll(ScrollRequest {
+                        offset,
+                        limit: Some(1024),
+                        filter: Some(filter.clone()),
+                        with_payload: Some(WithPayloadInterface::Bool(true)),
+                        with_vector: WithVector::Bool(with_vectors),
+                        order_by: None,
+                    })
+                    .map_err(transient)?;
+                out.extend(records.into_iter().filter_map(|r| {
+                    Some(StoredPoint {
+                        id: uuid_of(&r.id)?,
+                        payload: r.payload.map(|p| p.0).unwrap_or_default(),
+                        vector: if with_vectors { dense(r.vector) } else { None },
+                    })
+                }));
+                match next {
+                    Some(n) => offset = Some(n),
+                    None => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn vectors_by_hash(
         &self,
         model_id: &str,
@@ -431,8 +542,13 @@ impl VectorSink for EmbeddedSink {
         self.shard.count(qdrant_edge::CountRequest { filter: None, exact: true }).map_err(transient)
     }
 
+    /// Holds the write lock, so that the segments an optimisation copies are not written
+    /// meanwhile: a kill in the middle then leaves identical copies, which
+    /// `repair_duplicates` resolves at the next open. Writes wait for the index build.
     fn optimize(&self) -> Result<(), SinkError> {
-        self.shard.optimize().map(|_| ()).map_err(transient)
+        let _guard = self.write_lock.lock().map_err(|_| SinkError::Transient("write lock poisoned".into()))?;
+        self.shard.optimize().map_err(transient)?;
+        self.flush()
     }
 }
 

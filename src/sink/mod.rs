@@ -111,6 +111,8 @@ pub trait VectorSink: Send + Sync {
     /// Visit stored points in id order, `page` at a time, with or without vectors.
     fn scroll(&self, with_vectors: bool, page: usize, visit: &mut dyn FnMut(Vec<StoredPoint>))
         -> Result<(), SinkError>;
+    /// The points of these documents (payload `doc_id`), with or without vectors.
+    fn points_of_docs(&self, docs: &[String], with_vectors: bool) -> Result<Vec<StoredPoint>, SinkError>;
     /// Vectors already stored for any of `hashes` (payload `content_hash`) under `model_id`.
     fn vectors_by_hash(
         &self,

@@ -630,6 +630,35 @@ impl VectorSink for QdrantSink {
         }
     }
 
+    fn points_of_docs(&self, docs: &[String], with_vectors: bool) -> Result<Vec<StoredPoint>, SinkError> {
+        let mut out = Vec::new();
+        for group in docs.chunks(256) {
+            let filter = pb::Filter {
+                must: vec![keyword_match(
+                    keys::DOC_ID,
+                    pb::r#match::MatchValue::Keywords(pb::RepeatedStrings { strings: group.to_vec() }),
+                )],
+                ..Default::default()
+            };
+            let mut offset = None;
+            loop {
+                let r = self.scroll_page(Some(filter.clone()), offset, 1024, with_vectors)?;
+                out.extend(r.result.into_iter().filter_map(|p| {
+                    Some(StoredPoint {
+                        id: uuid_of(p.id)?,
+                        payload: metadata_of(p.payload),
+                        vector: if with_vectors { dense_of(p.vectors) } else { None },
+                    })
+                }));
+                match r.next_page_offset {
+                    Some(next) => offset = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn vectors_by_hash(
         &self,
         model_id: &str,

@@ -61,6 +61,16 @@ pub struct PartitionProgress {
 }
 
 impl SourceProgress {
+    /// Whether the readers have read everything there is for now: the end of the input
+    /// once, or every Kafka partition up to its high watermark.
+    pub fn at_end(&self) -> bool {
+        if self.caught_up.load(std::sync::atomic::Ordering::Relaxed) {
+            return true;
+        }
+        let parts = self.partition_snapshot();
+        !parts.is_empty() && parts.values().all(|p| p.read >= p.high_watermark)
+    }
+
     /// Progress for `workers` local readers.
     pub fn new(workers: usize) -> Self {
         Self {

@@ -236,7 +236,9 @@ pub fn oracle(spec: &DataflowSpec, events: &[Ev], model_id: &str, dim: usize) ->
         }
     }
     let ns = collection_namespace(&spec.sink.collection);
-    let emb = HashEmbedder::new(dim);
+    // `freshet/hash-<dim>-seed<n>` is the hash embedder with another seed.
+    let seed = model_id.rsplit_once("-seed").and_then(|(_, s)| s.parse().ok()).unwrap_or(0);
+    let emb = HashEmbedder::new(dim).with_seed(seed);
     let mut export = Vec::new();
     let mut final_hashes = BTreeSet::new();
     for (id, d) in &docs {
