@@ -45,6 +45,50 @@ struct Common {
     embedder: Option<EmbedderKind>,
 }
 
+/// A process of a timely cluster (`[cluster]` in the config, or these flags).
+#[derive(clap::Args, Clone)]
+struct ClusterArgs {
+    /// Processes in the cluster (checked against the addresses).
+    #[arg(long)]
+    processes: Option<usize>,
+    /// This process (0-based).
+    #[arg(long)]
+    process: Option<usize>,
+    /// File with one `host:port` per process, in order (else `[cluster].addresses`).
+    #[arg(long)]
+    hosts: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn place(&self, config: &RuntimeConfig) -> Result<Option<runtime::ClusterPlace>> {
+        let addresses: Vec<String> = match &self.hosts {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading --hosts {}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect(),
+            None => config.cluster.as_ref().map(|c| c.addresses.clone()).unwrap_or_default(),
+        };
+        let processes = self.processes.unwrap_or(addresses.len().max(1));
+        if processes <= 1 && self.process.unwrap_or(0) == 0 {
+            return Ok(None);
+        }
+        if addresses.len() != processes {
+            bail!(
+                "--processes {processes} but {} addresses (give --hosts FILE or [cluster].addresses)",
+                addresses.len()
+            );
+        }
+        let Some(process) = self.process else { bail!("a cluster process needs --process I (0-based)") };
+        if process >= processes {
+            bail!("--process {process} is not below --processes {processes}");
+        }
+        Ok(Some(runtime::ClusterPlace { process, addresses }))
+    }
+}
+
 /// Where a replay starts (exactly one).
 #[derive(clap::Args, Clone)]
 #[group(required = true, multiple = false)]
@@ -75,9 +119,11 @@ enum Command {
         /// counters as one JSON object on the last line of stdout.
         #[arg(long)]
         until_end: bool,
-        /// Override the number of worker threads.
+        /// Override the number of worker threads (per process).
         #[arg(long)]
         workers: Option<usize>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Re-read Kafka from a position up to the current end (the high watermarks at start)
     /// into the collection, or `--into` a new one. Does not touch the live consumer
@@ -214,7 +260,7 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     telemetry::init_tracing(cli.log_json);
     match cli.command {
-        Command::Run { common, input, until_end, workers } => {
+        Command::Run { common, input, until_end, workers, cluster } => {
             let (mut spec, mut config) = load(&common)?;
             if let Some(i) = input {
                 spec.source.path = Some(i);
@@ -227,7 +273,9 @@ fn real_main() -> Result<()> {
                 let stop = Arc::clone(&stop);
                 ctrlc_handler(move || stop.store(true, Ordering::Relaxed));
             }
-            let totals = runtime::run(RunOptions::live(spec, config, until_end), stop)?;
+            let place = cluster.place(&config)?;
+            let totals =
+                runtime::run(RunOptions { cluster: place, ..RunOptions::live(spec, config, until_end) }, stop)?;
             println!("{}", summary_json(&totals));
             Ok(())
         }
@@ -255,7 +303,14 @@ fn real_main() -> Result<()> {
                 ctrlc_handler(move || stop.store(true, Ordering::Relaxed));
             }
             let replay = runtime::Replay { from: start, into, progress_bar: !no_progress };
-            let opts = RunOptions { dataflow: spec, config, until_end: true, replay: Some(replay), mirror: None };
+            let opts = RunOptions {
+                dataflow: spec,
+                config,
+                until_end: true,
+                replay: Some(replay),
+                mirror: None,
+                cluster: None,
+            };
             let totals = runtime::run(opts, stop)?;
             println!("{}", summary_json(&totals));
             Ok(())

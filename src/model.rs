@@ -56,10 +56,14 @@ impl fmt::Debug for ContentHash {
 }
 
 /// One column value of a decoded row.
+///
+/// Rows cross process boundaries in a timely cluster, where timely encodes them with
+/// bincode, which cannot decode a `serde_json::Value` (it is self-describing): the value
+/// travels as its JSON text.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum FieldValue {
     /// A present value (JSON, as Debezium's JsonConverter renders it).
-    Value(serde_json::Value),
+    Value(#[serde(with = "json_text")] serde_json::Value),
     /// Debezium's unchanged-TOAST placeholder: the previous value still holds.
     Unchanged,
 }
@@ -261,7 +265,7 @@ pub struct DeadLetter {
     pub position: u64,
     /// Where the record came from (`topic[partition]@offset`), when the source knows more
     /// than its position.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub origin: Option<String>,
     /// Stage that rejected it (`decode`, `document`, `embed`, `sink`).
     pub stage: String,
@@ -288,4 +292,18 @@ pub enum ChangeClass {
     NoOp,
     /// The document is gone: all its points removed.
     Delete,
+}
+
+/// Serde for a JSON value as its text (see [`FieldValue`]).
+mod json_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &serde_json::Value, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
 }

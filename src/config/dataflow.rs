@@ -458,6 +458,24 @@ mod tests {
     }
 
     #[test]
+    fn qdrant_dataflow_loads_and_sink_settings_are_checked() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/articles-qdrant.toml");
+        let spec = DataflowSpec::load(&path).expect("articles-qdrant.toml");
+        assert_eq!(spec.sink.kind, SinkKind::Qdrant);
+        assert_eq!(spec.sink.filterable.get("lang"), Some(&IndexKind::Keyword));
+        let text = std::fs::read_to_string(&path).expect("read");
+        for (from, to, named) in [
+            ("filterable = { lang", "filterable = { body", "sink.filterable.body"),
+            ("collection = \"articles\"", "collection = \"a__b\"", "__"),
+            ("hnsw_m = 16", "hnsw_m = 0", "hnsw_m"),
+        ] {
+            let spec: DataflowSpec = parse_toml(&path, &text.replace(from, to)).expect("parses");
+            let err = spec.validate(&path).expect_err(named);
+            assert!(err.to_string().contains(named), "{err}");
+        }
+    }
+
+    #[test]
     fn kafka_dataflow_loads_and_upsert_refuses_a_version() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/articles-kafka.toml");
         let spec = DataflowSpec::load(&path).expect("articles-kafka.toml");

@@ -45,6 +45,20 @@ pub struct RuntimeConfig {
     /// The Qdrant server, for dataflows with a `qdrant` sink.
     #[serde(default)]
     pub qdrant: Option<QdrantConfig>,
+    /// The processes of a timely cluster (`freshet run --process I`); `--hosts FILE`
+    /// overrides the addresses.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A timely cluster (`[cluster]`): every process runs `workers` worker threads; documents
+/// are exchanged between all of them by `doc_id`, Kafka partitions are spread over all of
+/// them, and each process writes its documents to the shared Qdrant server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `host:port` of every process, in process order (timely's connections between them).
+    pub addresses: Vec<String>,
 }
 
 /// The Qdrant server a `qdrant` sink writes to (`[qdrant]`).
@@ -184,6 +198,7 @@ impl Default for RuntimeConfig {
             optimize_interval_s: default_optimize_interval_s(),
             kafka: None,
             qdrant: None,
+            cluster: None,
         }
     }
 }
@@ -246,7 +261,7 @@ mod tests {
     #[test]
     fn shipped_configs_load_and_owned_kafka_properties_are_refused() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        for name in ["local.toml", "kafka.toml"] {
+        for name in ["local.toml", "kafka.toml", "qdrant.toml", "cluster.toml"] {
             RuntimeConfig::load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         let text = "[kafka]\nbootstrap_servers = \"b:9092\"\ngroup_id = \"g\"\n[kafka.properties]\n\"enable.auto.commit\" = \"true\"\n";

@@ -95,6 +95,17 @@ pub struct RunOptions {
     /// Set by `reindex`: the collection already opened, and a hook told the documents of
     /// every acknowledged write.
     pub mirror: Option<MirrorHooks>,
+    /// This process's place in a timely cluster (none: a single process).
+    pub cluster: Option<ClusterPlace>,
+}
+
+/// A process of a timely cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterPlace {
+    /// This process (0-based).
+    pub process: usize,
+    /// `host:port` of every process.
+    pub addresses: Vec<String>,
 }
 
 /// See [`RunOptions::mirror`].
@@ -130,7 +141,7 @@ pub struct Replay {
 impl RunOptions {
     /// A live run.
     pub fn live(dataflow: DataflowSpec, config: RuntimeConfig, until_end: bool) -> Self {
-        Self { dataflow, config, until_end, replay: None, mirror: None }
+        Self { dataflow, config, until_end, replay: None, mirror: None, cluster: None }
     }
 }
 
@@ -196,7 +207,30 @@ pub fn with_embedder(mut spec: DataflowSpec, kind: Option<EmbedderKind>) -> Data
 
 /// Run a pipeline. Returns the acknowledged counters.
 pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeError> {
-    let RunOptions { dataflow: spec, config, until_end, replay, mirror } = opts;
+    let RunOptions { dataflow: spec, mut config, until_end, replay, mirror, cluster } = opts;
+    let cluster = cluster.filter(|c| c.addresses.len() > 1);
+    if let Some(c) = &cluster {
+        if spec.sink.kind != SinkKind::Qdrant {
+            return Err(RuntimeError::Config(
+                "a cluster of processes needs a shared sink: set `sink.kind = \"qdrant\"` (an embedded collection \
+                 belongs to one process)"
+                    .into(),
+            ));
+        }
+        if c.process >= c.addresses.len() {
+            return Err(RuntimeError::Config(format!(
+                "--process {} but the cluster has {} processes (0-based)",
+                c.process,
+                c.addresses.len()
+            )));
+        }
+        // Each process keeps its own state logs and dead letters, and its own metrics port.
+        config.data_dir = config.data_dir.join(format!("process-{}", c.process));
+        if let Some(a) = &mut config.metrics_addr {
+            a.set_port(a.port().saturating_add(c.process as u16));
+        }
+    }
+    let peers = config.workers * cluster.as_ref().map_or(1, |c| c.addresses.len());
     std::fs::create_dir_all(&config.data_dir).map_err(io(format!("creating {}", config.data_dir.display())))?;
     let started = Instant::now();
     // The collection written; point ids always use the dataflow's collection name.
@@ -256,15 +290,8 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         tracing::warn!(points = suspects.len(), "a write was torn by a crash; its points are rewritten");
     }
     let namespace = collection_namespace(&spec.sink.collection);
-    let boot = bootstrap::rebuild(
-        sink.as_ref(),
-        &shape,
-        embedder.model_id(),
-        &namespace,
-        &tombstones,
-        &suspects,
-        config.workers,
-    )?;
+    let boot =
+        bootstrap::rebuild(sink.as_ref(), &shape, embedder.model_id(), &namespace, &tombstones, &suspects, peers)?;
     if let Some((_, m)) = boot.other_model.first() {
         return Err(RuntimeError::Sink(crate::sink::SinkError::Permanent(format!(
             "collection `{physical}` holds {} points of model `{m}`, the pipeline embeds with `{}`; \
@@ -393,7 +420,28 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         _ => None,
     };
     let workers_per_process = config.workers;
-    let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
+    let timely_config = match &cluster {
+        None => timely::Config::process(config.workers),
+        Some(c) => {
+            tracing::info!(
+                process = c.process,
+                processes = c.addresses.len(),
+                workers = config.workers,
+                "joining the timely cluster"
+            );
+            timely::Config {
+                communication: timely::CommunicationConfig::Cluster {
+                    threads: config.workers,
+                    process: c.process,
+                    addresses: c.addresses.clone(),
+                    report: false,
+                    zerocopy: false,
+                },
+                worker: timely::WorkerConfig::default(),
+            }
+        }
+    };
+    let guards = timely::execute(timely_config, move |worker| {
         let index = worker.index();
         let init = inits.lock().ok().and_then(|mut v| v.get_mut(index).and_then(Option::take)).unwrap_or_default();
         let shape = Rc::new(DocShape::new(&spec_w));
@@ -432,7 +480,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
                 progress_w.stop.store(true, Ordering::Relaxed);
             }
             worker.step_or_park(Some(Duration::from_millis(20)));
-            if index == 0 && last_lag_update.elapsed() >= Duration::from_millis(100) {
+            if index % workers_per_process == 0 && last_lag_update.elapsed() >= Duration::from_millis(100) {
                 last_lag_update = Instant::now();
                 let pending = update_lag(&metrics_w, &progress_w, probe.with_frontier(|f| f.first().copied()));
                 if pending {
@@ -446,7 +494,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
                 break;
             }
         }
-        if index == 0 {
+        if index % workers_per_process == 0 {
             let _ = update_lag(&metrics_w, &progress_w, None);
         }
     })

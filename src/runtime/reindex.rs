@@ -385,6 +385,7 @@ pub fn reindex(opts: ReindexOptions, stop: Arc<AtomicBool>) -> Result<ReindexRep
             until_end: false,
             replay: None,
             mirror: Some(hooks),
+            cluster: None,
         };
         let run_stop = Arc::clone(&run_stop);
         std::thread::Builder::new()

@@ -250,7 +250,17 @@ pub fn open_for_writing(
             let physical = versioned_name(name, model_id);
             let sink = match catalog.resolve(&physical)? {
                 Some(_) => catalog.open(&physical)?,
-                None => catalog.create(&physical, params)?,
+                // Processes of a cluster start together: another may create it first.
+                None => match catalog.create(&physical, params) {
+                    Ok(s) => s,
+                    Err(e) => match catalog.resolve(&physical)? {
+                        Some(_) => {
+                            std::thread::sleep(std::time::Duration::from_millis(200));
+                            catalog.open(&physical)?
+                        }
+                        None => return Err(e),
+                    },
+                },
             };
             catalog.switch_alias(name, &physical)?;
             tracing::info!(alias = name, collection = %physical, store = %catalog.describe(), "collection created behind its alias");

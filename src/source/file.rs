@@ -79,11 +79,14 @@ pub fn file_source<'scope>(
     sink: ProbeHandle<Time>,
 ) -> Stream<'scope, Time, Vec<Routed>> {
     let peers = scope.peers();
-    let index = scope.index();
+    let global = scope.index();
+    // Frontiers are kept per worker of this process.
+    let index = global % progress.local_workers().max(1);
     source(scope, "FileSource", move |cap, info| {
         let activator = scope.activator_for(info.address);
-        let mut cap = if index == 0 { Some(cap) } else { None };
-        if index != 0 {
+        // The first worker of the first process reads; the records are exchanged by doc_id.
+        let mut cap = if global == 0 { Some(cap) } else { None };
+        if global != 0 {
             progress.finish(index);
         }
         let mut reader: Option<BufReader<File>> = None;

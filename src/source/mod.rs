@@ -92,6 +92,11 @@ impl SourceProgress {
         }
     }
 
+    /// Worker threads of this process.
+    pub fn local_workers(&self) -> usize {
+        self.frontiers.len()
+    }
+
     /// A local reader finished reading.
     pub fn finish(&self, local_worker: usize) {
         self.set_frontier(local_worker, u64::MAX);
