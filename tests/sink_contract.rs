@@ -145,6 +145,11 @@ fn contract(catalog: &dyn Catalog, prefix: &str) {
         .unwrap_err();
     assert!(!err.is_transient(), "{err}");
     assert_eq!(sink.count().unwrap(), 21, "nothing of the rejected call applied");
+    // A payload update of a point that does not exist can never succeed either.
+    let mut upd = Metadata::new();
+    upd.insert("status".into(), json!("x"));
+    let err = sink.apply(vec![SinkOp::SetPayload { ids: vec![id(999)], payload: upd }]).unwrap_err();
+    assert!(!err.is_transient(), "{err}");
 
     // Reopening through the alias finds the same collection.
     drop(sink);

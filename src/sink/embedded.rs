@@ -53,6 +53,19 @@ fn install_flush_panic_filter() {
     });
 }
 
+/// File in a collection's directory that says it was closed cleanly (see
+/// `repair_duplicates`, which a crash makes necessary).
+const CLEAN_MARKER: &str = "freshet.clean";
+
+impl Drop for EmbeddedSink {
+    fn drop(&mut self) {
+        let _guard = self.write_lock.lock();
+        if self.flush().is_ok() {
+            let _ = std::fs::File::create(self.path.join(CLEAN_MARKER)).and_then(|f| f.sync_all());
+        }
+    }
+}
+
 impl std::fmt::Debug for EmbeddedSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedSink").field("path", &self.path).field("dimension", &self.dimension).finish()
@@ -152,8 +165,14 @@ impl EmbeddedSink {
             (false, None) => return Err(missing()),
         };
         install_flush_panic_filter();
+        // Written when the collection is closed; missing after a crash.
+        let marker = path.join(CLEAN_MARKER);
+        let clean = marker.exists();
+        if clean {
+            std::fs::remove_file(&marker).map_err(transient)?;
+        }
         let sink = Self { shard, dimension, path, write_lock: Mutex::new(()), _dir_lock: lock };
-        if exists {
+        if exists && !clean {
             sink.repair_duplicates()?;
         }
         Ok(sink)
@@ -290,7 +309,9 @@ impl EmbeddedSink {
     fn update(&self, op: UpdateOperation) -> Result<(), SinkError> {
         self.shard.update(op).map_err(|e| {
             let msg = e.to_string();
-            if msg.contains("dimension") || msg.contains("Wrong input") {
+            // A wrong dimension, a malformed request, or a payload update of a point that
+            // does not exist can never succeed.
+            if msg.contains("dimension") || msg.contains("Wrong input") || msg.contains("No point with id") {
                 SinkError::Permanent(msg)
             } else {
                 SinkError::Transient(msg)
