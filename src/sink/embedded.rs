@@ -187,7 +187,7 @@ impl EmbeddedSink {
     fn repair_duplicates(&self) -> Result<(), SinkError> {
         let total = self.count()?;
         let mut distinct = 0usize;
-        self.scroll_raw(false, 4096, &mut |page| {
+        self.scroll_raw(None, false, 4096, &mut |page| {
             distinct += page.len();
             Ok(())
         })?;
@@ -200,7 +200,7 @@ impl EmbeddedSink {
             distinct,
             "collection holds points twice (killed during an index build); rewriting every point once"
         );
-        self.scroll_raw(true, 1024, &mut |page| {
+        self.scroll_raw(None, true, 1024, &mut |page| {
             let ids: Vec<PointId> = page.iter().map(|p| p.id).collect();
             let points: Vec<PointStructPersisted> = page
                 .into_iter()
@@ -224,9 +224,11 @@ impl EmbeddedSink {
         Ok(())
     }
 
-    /// Visit all records in id order (each id once), `page` at a time.
+    /// Visit the records matching `filter` (all when none) in id order, each id once,
+    /// `page` at a time; payloads are read when `with_payload` or `with_vectors`.
     fn scroll_raw(
         &self,
+        filter: Option<Filter>,
         with_vectors: bool,
         page: usize,
         visit: &mut dyn FnMut(Vec<qdrant_edge::Record>) -> Result<(), SinkError>,
@@ -237,9 +239,9 @@ impl EmbeddedSink {
                 .shard
                 .scroll(ScrollRequest {
                     offset,
-                    limit: Some(page),
-                    filter: None,
-                    with_payload: Some(WithPayloadInterface::Bool(with_vectors)),
+                    limit: Some(page.max(1)),
+                    filter: filter.clone(),
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
                     with_vector: WithVector::Bool(with_vectors),
                     order_by: None,
                 })
@@ -383,6 +385,20 @@ fn payload_of(m: &Metadata) -> qdrant_edge::Payload {
     qdrant_edge::Payload(m.clone())
 }
 
+/// Records as freshet's points (UUID ids only).
+fn stored(records: Vec<qdrant_edge::Record>, with_vectors: bool) -> Vec<StoredPoint> {
+    records
+        .into_iter()
+        .filter_map(|r| {
+            Some(StoredPoint {
+                id: uuid_of(&r.id)?,
+                payload: r.payload.map(|p| p.0).unwrap_or_default(),
+                vector: if with_vectors { dense(r.vector) } else { None },
+            })
+        })
+        .collect()
+}
+
 fn uuid_of(id: &PointId) -> Option<Uuid> {
     match id {
         PointId::Uuid(u) => Some(*u),
@@ -418,66 +434,20 @@ impl VectorSink for EmbeddedSink {
         page: usize,
         visit: &mut dyn FnMut(Vec<StoredPoint>),
     ) -> Result<(), SinkError> {
-        let mut offset: Option<PointId> = None;
-        loop {
-            let (records, next) = self
-                .shard
-                .scroll(ScrollRequest {
-                    offset,
-                    limit: Some(page.max(1)),
-                    filter: None,
-                    with_payload: Some(WithPayloadInterface::Bool(true)),
-                    with_vector: WithVector::Bool(with_vectors),
-                    order_by: None,
-                })
-                .map_err(transient)?;
-            let points = records
-                .into_iter()
-                .filter_map(|r| {
-                    Some(StoredPoint {
-                        id: uuid_of(&r.id)?,
-                        payload: r.payload.map(|p| p.0).unwrap_or_default(),
-                        vector: if with_vectors { dense(r.vector) } else { None },
-                    })
-                })
-                .collect();
-            visit(points);
-            match next {
-                Some(n) => offset = Some(n),
-                None => return Ok(()),
-            }
-        }
+        self.scroll_raw(None, with_vectors, page, &mut |records| {
+            visit(stored(records, with_vectors));
+            Ok(())
+        })
     }
 
     fn points_of_docs(&self, docs: &[String], with_vectors: bool) -> Result<Vec<StoredPoint>, SinkError> {
         let mut out = Vec::new();
         for group in docs.chunks(256) {
             let filter = Self::filter_from(json!({ "must": [{ "key": keys::DOC_ID, "match": { "any": group } }] }))?;
-            let mut offset: Option<PointId> = None;
-            loop {
-                let (records, next) = self
-                    .shard
-                    .scroll(ScrollRequest {
-                        offset,
-                        limit: Some(1024),
-                        filter: Some(filter.clone()),
-                        with_payload: Some(WithPayloadInterface::Bool(true)),
-                        with_vector: WithVector::Bool(with_vectors),
-                        order_by: None,
-                    })
-                    .map_err(transient)?;
-                out.extend(records.into_iter().filter_map(|r| {
-                    Some(StoredPoint {
-                        id: uuid_of(&r.id)?,
-                        payload: r.payload.map(|p| p.0).unwrap_or_default(),
-                        vector: if with_vectors { dense(r.vector) } else { None },
-                    })
-                }));
-                match next {
-                    Some(n) => offset = Some(n),
-                    None => break,
-                }
-            }
+            self.scroll_raw(Some(filter), with_vectors, 1024, &mut |records| {
+                out.extend(stored(records, with_vectors));
+                Ok(())
+            })?;
         }
         Ok(out)
     }

@@ -568,6 +568,38 @@ impl QdrantSink {
     }
 }
 
+impl QdrantSink {
+    /// Visit the points matching `filter` (all when none) in id order, `page` at a time.
+    fn scroll_all(
+        &self,
+        filter: Option<pb::Filter>,
+        with_vectors: bool,
+        page: usize,
+        visit: &mut dyn FnMut(Vec<StoredPoint>),
+    ) -> Result<(), SinkError> {
+        let mut offset = None;
+        loop {
+            let r = self.scroll_page(filter.clone(), offset, page.clamp(1, u32::MAX as usize) as u32, with_vectors)?;
+            visit(
+                r.result
+                    .into_iter()
+                    .filter_map(|p| {
+                        Some(StoredPoint {
+                            id: uuid_of(p.id)?,
+                            payload: metadata_of(p.payload),
+                            vector: if with_vectors { dense_of(p.vectors) } else { None },
+                        })
+                    })
+                    .collect(),
+            );
+            match r.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
 impl VectorSink for QdrantSink {
     fn dimension(&self) -> usize {
         self.dimension
@@ -608,26 +640,7 @@ impl VectorSink for QdrantSink {
         page: usize,
         visit: &mut dyn FnMut(Vec<StoredPoint>),
     ) -> Result<(), SinkError> {
-        let mut offset = None;
-        loop {
-            let r = self.scroll_page(None, offset, page.clamp(1, u32::MAX as usize) as u32, with_vectors)?;
-            let points = r
-                .result
-                .into_iter()
-                .filter_map(|p| {
-                    Some(StoredPoint {
-                        id: uuid_of(p.id)?,
-                        payload: metadata_of(p.payload),
-                        vector: if with_vectors { dense_of(p.vectors) } else { None },
-                    })
-                })
-                .collect();
-            visit(points);
-            match r.next_page_offset {
-                Some(next) => offset = Some(next),
-                None => return Ok(()),
-            }
-        }
+        self.scroll_all(None, with_vectors, page, visit)
     }
 
     fn points_of_docs(&self, docs: &[String], with_vectors: bool) -> Result<Vec<StoredPoint>, SinkError> {
@@ -640,21 +653,7 @@ impl VectorSink for QdrantSink {
                 )],
                 ..Default::default()
             };
-            let mut offset = None;
-            loop {
-                let r = self.scroll_page(Some(filter.clone()), offset, 1024, with_vectors)?;
-                out.extend(r.result.into_iter().filter_map(|p| {
-                    Some(StoredPoint {
-                        id: uuid_of(p.id)?,
-                        payload: metadata_of(p.payload),
-                        vector: if with_vectors { dense_of(p.vectors) } else { None },
-                    })
-                }));
-                match r.next_page_offset {
-                    Some(next) => offset = Some(next),
-                    None => break,
-                }
-            }
+            self.scroll_all(Some(filter), with_vectors, 1024, &mut |page| out.extend(page))?;
         }
         Ok(out)
     }
