@@ -36,7 +36,9 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() {
-    let points = arg("--points", 1_000_000);
+    // `cargo test --all-targets` runs bench binaries without `--bench`: a small smoke run.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let points = arg("--points", if smoke { 2_000 } else { 1_000_000 });
     let dim = arg("--dim", 384);
     let chunks_per_doc = 5;
     let spec =
