@@ -207,3 +207,34 @@ fn embedded_reindex_switches_and_drops_the_old_collection() {
     let expected = oracle(&spec_of(&dataflow), &history, NEW, 16);
     assert_export_matches(&export(&dataflow, &config, true), &expected.export);
 }
+
+/// The same model with other collection settings: a new generation of the collection,
+/// every vector copied, nothing embedded but the verification sample.
+#[test]
+fn reindex_with_the_same_model_copies_every_vector() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let history = random_history(406, 30, 600, false);
+    write_events(&input, &history);
+    let dataflow = test_dataflow(dir.path(), &input);
+    let config = test_config(dir.path(), 2);
+    run_until_end(&dataflow, &config, &[]);
+    let text = std::fs::read_to_string(&dataflow).unwrap().replace("[sink]\n", "[sink]\nhnsw_m = 8\n");
+    std::fs::write(&dataflow, text).unwrap();
+    let out = freshet()
+        .args(["reindex", "--no-progress", "--sample", "5", "--embedder", "hash", "--dataflow"])
+        .arg(&dataflow)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(report["new_collection"], "articles__freshet-hash-16--2", "{report}");
+    assert_eq!(report["chunks_embedded"], 0, "{report}");
+    assert_eq!(report["vectors_reused"], report["points"], "{report}");
+    let again = run_until_end(&dataflow, &config, &[]);
+    assert_eq!(again["chunks_embedded"], 0, "{again}");
+    let expected = oracle(&spec_of(&dataflow), &history, "freshet/hash-16", 16);
+    assert_export_matches(&export(&dataflow, &config, true), &expected.export);
+}

@@ -19,6 +19,10 @@
 //! 4. only then the alias switches, in one atomic request; the old collection is kept or
 //!    dropped as asked, and the pipeline's state log is carried over.
 //!
+//! With the same model (to rebuild with other `[sink]` settings: distance, HNSW, on-disk,
+//! indexes) the new collection is `<name>__<model tag>--<generation>` and every vector is
+//! copied from the old one; nothing is embedded but the verification sample.
+//!
 //! Afterwards start `freshet run` with the new embedder in the dataflow file: it resumes
 //! from the committed offsets, which cover exactly what both collections hold.
 
@@ -72,7 +76,8 @@ pub struct ReindexReport {
     pub points: usize,
     /// Chunks embedded with the new model.
     pub chunks_embedded: u64,
-    /// Vectors reused from the new collection (a resumed reindex).
+    /// Vectors reused: from the old collection when the model is the same, else from the
+    /// new collection (a resumed reindex).
     pub vectors_reused: u64,
     /// Documents mirrored again after a live change.
     pub live_documents_mirrored: u64,
@@ -89,6 +94,8 @@ pub struct ReindexReport {
 /// Copies the old collection into the new one (see module docs).
 struct Mirror {
     old: Arc<dyn VectorSink>,
+    /// The model did not change: read the old vectors to reuse them.
+    same_model: bool,
     new: Arc<dyn VectorSink>,
     embedder: Arc<dyn Embedder>,
     batch_texts: usize,
@@ -168,6 +175,16 @@ impl Mirror {
         } else {
             retry("reading vectors", || self.new.vectors_by_hash(self.model(), &hashes))?
         };
+        // Same model (a rebuild with other collection settings): the old vectors are good.
+        for p in &points {
+            if p.payload.get(keys::MODEL_ID).and_then(|v| v.as_str()) == Some(self.model()) {
+                if let (Some(h), Some(v)) = (hash_of(&p.payload), &p.vector) {
+                    if v.len() == self.new.dimension() {
+                        vectors.entry(h).or_insert_with(|| v.clone());
+                    }
+                }
+            }
+        }
         self.reused.fetch_add(
             wanted.iter().filter(|(_, p)| hash_of(p).is_some_and(|h| vectors.contains_key(&h))).count() as u64,
             Ordering::Relaxed,
@@ -251,7 +268,7 @@ impl Mirror {
         if docs.is_empty() {
             return Ok(0);
         }
-        let points = retry("reading the old collection", || self.old.points_of_docs(&docs, false))?;
+        let points = retry("reading the old collection", || self.old.points_of_docs(&docs, self.same_model))?;
         self.sync(points, Some(&docs))?;
         self.live_docs.fetch_add(docs.len() as u64, Ordering::Relaxed);
         Ok(docs.len())
@@ -303,10 +320,21 @@ impl Mirror {
         }
         let docs: Vec<String> = docs.into_iter().collect();
         for group in docs.chunks(256) {
-            let points = retry("reading the old collection", || self.old.points_of_docs(group, false))?;
+            let points = retry("reading the old collection", || self.old.points_of_docs(group, self.same_model))?;
             self.sync(points, Some(group))?;
         }
         Ok(docs.len() + strays.len())
+    }
+}
+
+/// `<name>__<tag>` → `<name>__<tag>--2`, `<name>__<tag>--k` → `--k+1` (a model tag never
+/// holds `--`).
+fn next_generation(collection: &str) -> String {
+    match collection.rsplit_once("--") {
+        Some((base, k)) if k.parse::<u32>().is_ok() && base.contains("__") => {
+            format!("{base}--{}", k.parse::<u32>().unwrap_or(1) + 1)
+        }
+        _ => format!("{collection}--2"),
     }
 }
 
@@ -325,9 +353,6 @@ pub fn reindex(opts: ReindexOptions, stop: Arc<AtomicBool>) -> Result<ReindexRep
     let old_embedder = open_embedder(&spec.embedder)?;
     let new_embedder = open_embedder(&new_spec)?;
     let (old_model, new_model) = (old_embedder.model_id().to_string(), new_embedder.model_id().to_string());
-    if old_model == new_model {
-        return Err(RuntimeError::Config(format!("the collection is already embedded with `{new_model}`")));
-    }
     let old_dimension = old_embedder.dimension();
     drop(old_embedder);
     let (old_name, old_sink) =
@@ -335,7 +360,8 @@ pub fn reindex(opts: ReindexOptions, stop: Arc<AtomicBool>) -> Result<ReindexRep
             .map_err(|e| {
                 RuntimeError::Config(format!("`{name}` is not the collection of the dataflow's embedder: {e}"))
             })?;
-    let new_name = versioned_name(&name, &new_model);
+    // The same model again (other collection settings): the next generation of its name.
+    let new_name = if old_model == new_model { next_generation(&old_name) } else { versioned_name(&name, &new_model) };
     let params = CollectionParams::of(&spec.sink, new_embedder.dimension());
     let new_sink = match catalog.resolve(&new_name)? {
         Some(_) => {
@@ -356,6 +382,7 @@ pub fn reindex(opts: ReindexOptions, stop: Arc<AtomicBool>) -> Result<ReindexRep
 
     let mirror = Arc::new(Mirror {
         old: Arc::clone(&old_sink),
+        same_model: old_model == new_model,
         new: Arc::clone(&new_sink),
         embedder: Arc::clone(&new_embedder),
         batch_texts: new_spec.max_batch_texts,
@@ -489,7 +516,7 @@ fn mirror_and_switch(
     let mut failed: Option<RuntimeError> = None;
     retry("reading the old collection", || {
         bar.set_position(0);
-        mirror.old.scroll(false, 512, &mut |page| {
+        mirror.old.scroll(mirror.same_model, 512, &mut |page| {
             if failed.is_some() {
                 return;
             }

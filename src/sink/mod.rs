@@ -227,8 +227,9 @@ pub fn open_for_writing(
     match catalog.resolve(name)? {
         Some(physical) => {
             let tag = model_tag(model_id);
+            // `<name>__<tag>`, or `<name>__<tag>--<generation>` after a same-model reindex.
             if let Some((_, other)) = physical.split_once("__") {
-                if other != tag {
+                if other.split("--").next() != Some(tag.as_str()) {
                     return Err(SinkError::Permanent(format!(
                         "`{name}` is collection `{physical}`, built for another model than `{model_id}` \
                          (run `freshet reindex --embedder …` to build and switch to a collection for it)"
