@@ -256,15 +256,20 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
         ops.push(SinkOp::Upsert(upserts));
     }
     ops.extend(rest);
-    let upserted: Vec<Uuid> = ops
+    // Every point whose stored vector and payload this write may tear: upserts, and payload
+    // updates too — the engine moves a point out of an indexed segment to update its
+    // payload (copy-on-write), and a crash during that flush can leave the new payload
+    // beside a vector that was never persisted.
+    let touched: Vec<Uuid> = ops
         .iter()
         .flat_map(|op| match op {
             SinkOp::Upsert(points) => points.iter().map(|p| p.id).collect::<Vec<_>>(),
-            _ => Vec::new(),
+            SinkOp::SetPayload { ids, .. } => ids.clone(),
+            SinkOp::Delete(_) => Vec::new(),
         })
         .collect();
-    if !upserted.is_empty() {
-        if let Err(e) = s.inflight.begin(r.time, &upserted) {
+    if !touched.is_empty() {
+        if let Err(e) = s.inflight.begin(r.time, &touched) {
             tracing::warn!(error = %e, "could not record the write in the in-flight log");
         }
     }
@@ -309,7 +314,7 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
             hook(docs);
         }
     }
-    if !upserted.is_empty() {
+    if !touched.is_empty() {
         if let Err(e) = s.inflight.done(r.time) {
             tracing::warn!(error = %e, "could not mark the write done in the in-flight log");
         }
