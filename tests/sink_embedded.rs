@@ -131,3 +131,59 @@ fn background_optimisation_does_not_disturb_writes() {
     let hits = sink.search(vector(5, 8), 1, &[]).unwrap();
     assert_eq!(hits.len(), 1);
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// What a kill in the middle of an index build leaves: a segment on disk twice (qdrant-edge
+/// 0.7.1 does not deduplicate at open). After an unclean close the collection is repaired
+/// at open: every point once, with its payload and vector.
+#[test]
+fn points_stored_twice_are_repaired_after_an_unclean_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<Uuid> = (0..20).map(|i| Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("t{i}").as_bytes())).collect();
+    {
+        let sink = EmbeddedSink::open(dir.path(), "c", 4).unwrap();
+        let points = (0..20)
+            .map(|i| SinkPoint {
+                id: ids[i],
+                vector: vector(i, 4),
+                payload: payload(&format!("d{i}"), &ContentHash::of(&i.to_string()), "draft"),
+            })
+            .collect();
+        sink.apply(vec![SinkOp::Upsert(points)]).unwrap();
+    }
+    let coll = freshet::sink::embedded::collection_dir(dir.path(), "c");
+    std::fs::remove_file(coll.join("freshet.clean")).expect("a clean close leaves its marker");
+    let segments = coll.join("segments");
+    let mut copied = 0;
+    for entry in std::fs::read_dir(&segments).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            copy_dir(&p, &segments.join(Uuid::new_v4().to_string()));
+            copied += 1;
+        }
+    }
+    assert!(copied > 0);
+    let sink = EmbeddedSink::open_existing(dir.path(), "c").unwrap();
+    assert_eq!(sink.count().unwrap(), 20, "every point once");
+    let all = scroll_all(&sink, true);
+    assert_eq!(all.len(), 20);
+    for (i, id) in ids.iter().enumerate() {
+        let p = all.iter().find(|p| p.id == *id).unwrap();
+        assert_eq!(p.payload["doc_id"], format!("d{i}"));
+        let v = p.vector.clone().unwrap();
+        let norm = vector(i, 4).iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!(v.iter().zip(vector(i, 4)).all(|(a, b)| (a - b / norm).abs() < 1e-5), "vector of point {i}");
+    }
+}

@@ -57,6 +57,9 @@ fn install_flush_panic_filter() {
 /// `repair_duplicates`, which a crash makes necessary).
 const CLEAN_MARKER: &str = "freshet.clean";
 
+/// The page of points a duplicate repair is rewriting (see `repair_duplicates`).
+const REPAIR_JOURNAL: &str = "freshet.repair.json";
+
 impl Drop for EmbeddedSink {
     fn drop(&mut self) {
         let _guard = self.write_lock.lock();
@@ -184,7 +187,20 @@ impl EmbeddedSink {
     /// later writes update only one. Optimisations run under the write lock, so the copies
     /// are identical: rewriting every point once (delete, then upsert the copy read) makes
     /// the collection whole again. Detected by the exact count exceeding the distinct ids.
+    ///
+    /// Crash-safe: each page is journalled (fsync) before its points are deleted, and a
+    /// journal found at open is applied first.
     fn repair_duplicates(&self) -> Result<(), SinkError> {
+        let journal = self.path.join(REPAIR_JOURNAL);
+        if journal.exists() {
+            let bytes = std::fs::read(&journal).map_err(transient)?;
+            // A torn journal was never acted on (the delete follows its fsync).
+            if let Ok(points) = serde_json::from_slice::<Vec<PointStructPersisted>>(&bytes) {
+                tracing::warn!(points = points.len(), "finishing a repair interrupted by a crash");
+                self.rewrite(points, None)?;
+            }
+            std::fs::remove_file(&journal).map_err(transient)?;
+        }
         let total = self.count()?;
         let mut distinct = 0usize;
         self.scroll_raw(None, false, 4096, &mut |page| {
@@ -201,25 +217,41 @@ impl EmbeddedSink {
             "collection holds points twice (killed during an index build); rewriting every point once"
         );
         self.scroll_raw(None, true, 1024, &mut |page| {
-            let ids: Vec<PointId> = page.iter().map(|p| p.id).collect();
             let points: Vec<PointStructPersisted> = page
                 .into_iter()
                 .filter_map(|r| {
                     Some(PointStructPersisted { id: r.id, vector: dense(r.vector)?.into(), payload: r.payload })
                 })
                 .collect();
-            self.update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids }))?;
-            self.update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
-                qdrant_edge::PointInsertOperations::PointsList(points),
-            )))
+            self.rewrite(points, Some(&journal))
         })?;
-        self.flush()?;
         let after = self.count()?;
         if after != distinct {
             return Err(SinkError::Permanent(format!(
                 "{}: {after} points counted after rewriting {distinct} distinct ones",
                 self.path.display()
             )));
+        }
+        Ok(())
+    }
+
+    /// Delete `points` (every copy) and upsert them once, durably; with `journal`, record
+    /// them there first and remove it after.
+    fn rewrite(&self, points: Vec<PointStructPersisted>, journal: Option<&Path>) -> Result<(), SinkError> {
+        if let Some(j) = journal {
+            use std::io::Write;
+            let mut f = std::fs::File::create(j).map_err(transient)?;
+            f.write_all(&serde_json::to_vec(&points).map_err(transient)?).map_err(transient)?;
+            f.sync_all().map_err(transient)?;
+        }
+        let ids: Vec<PointId> = points.iter().map(|p| p.id).collect();
+        self.update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids }))?;
+        self.update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+            qdrant_edge::PointInsertOperations::PointsList(points),
+        )))?;
+        self.flush()?;
+        if let Some(j) = journal {
+            std::fs::remove_file(j).map_err(transient)?;
         }
         Ok(())
     }
