@@ -360,6 +360,14 @@ pub fn reindex(opts: ReindexOptions, stop: Arc<AtomicBool>) -> Result<ReindexRep
             .map_err(|e| {
                 RuntimeError::Config(format!("`{name}` is not the collection of the dataflow's embedder: {e}"))
             })?;
+    if old_name == name {
+        return Err(RuntimeError::Config(format!(
+            "`{name}` is a collection, not an alias (created before freshet used aliases), so no alias can be \
+             switched: rebuild it once (drop it and run the pipeline, which creates `{}` behind the alias `{name}`), \
+             then reindex",
+            versioned_name(&name, &old_model)
+        )));
+    }
     // The same model again (other collection settings): the next generation of its name.
     let new_name = if old_model == new_model { next_generation(&old_name) } else { versioned_name(&name, &new_model) };
     let params = CollectionParams::of(&spec.sink, new_embedder.dimension());
