@@ -150,6 +150,19 @@ pub struct EmbedderSpec {
     pub concurrency: usize,
 }
 
+impl EmbedderSpec {
+    /// Check value ranges (the message names the key).
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_batch_texts == 0 || self.max_batch_tokens == 0 || self.concurrency == 0 {
+            return Err("`embedder.max_batch_texts`, `max_batch_tokens`, `concurrency` must be positive".into());
+        }
+        if self.dimension == 0 || self.dimension > 65_536 {
+            return Err("`embedder.dimension` must be between 1 and 65536".into());
+        }
+        Ok(())
+    }
+}
+
 fn default_hash_dimension() -> usize {
     384
 }
@@ -384,13 +397,7 @@ impl DataflowSpec {
                 return Err(bad(format!("`sink.filterable.{key}` is not one of `document.metadata`")));
             }
         }
-        let e = &self.embedder;
-        if e.max_batch_texts == 0 || e.max_batch_tokens == 0 || e.concurrency == 0 {
-            return Err(bad("`embedder.max_batch_texts`, `max_batch_tokens`, `concurrency` must be positive".into()));
-        }
-        if e.dimension == 0 || e.dimension > 65_536 {
-            return Err(bad("`embedder.dimension` must be between 1 and 65536".into()));
-        }
+        self.embedder.check().map_err(bad)?;
         if self.source.kind == SourceKind::File && self.source.path.is_none() {
             return Err(bad("`source.path` is required for a file source".into()));
         }

@@ -67,12 +67,6 @@ pub fn load_embedder(path: &Path) -> Result<EmbedderSpec, ConfigError> {
     }
     let f: File = read_toml(path)?;
     let e = f.embedder;
-    if e.max_batch_texts == 0 || e.max_batch_tokens == 0 || e.concurrency == 0 || e.dimension == 0 {
-        return Err(ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: "`embedder.max_batch_texts`, `max_batch_tokens`, `concurrency`, `dimension` must be positive"
-                .into(),
-        });
-    }
+    e.check().map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
     Ok(e)
 }

@@ -89,19 +89,7 @@ impl EmbeddedSink {
     /// `doc_id`, `content_hash` and `model_id`) if it does not exist. Refuses a collection of
     /// another dimension.
     pub fn open(data_dir: &Path, collection: &str, dimension: usize) -> Result<Self, SinkError> {
-        let params = CollectionParams::of(
-            &crate::config::SinkSpec {
-                kind: crate::config::SinkKind::Embedded,
-                collection: collection.to_string(),
-                distance: crate::config::Distance::Cosine,
-                hnsw_m: None,
-                hnsw_ef_construct: None,
-                on_disk_vectors: false,
-                on_disk_payload: false,
-                filterable: Default::default(),
-            },
-            dimension,
-        );
+        let params = CollectionParams::basic(dimension);
         Self::open_with(data_dir, collection, Some(&params))
     }
 
@@ -203,7 +191,7 @@ impl EmbeddedSink {
         }
         let total = self.count()?;
         let mut distinct = 0usize;
-        self.scroll_raw(None, false, 4096, &mut |page| {
+        self.scroll_raw(None, false, false, 4096, &mut |page| {
             distinct += page.len();
             Ok(())
         })?;
@@ -216,7 +204,7 @@ impl EmbeddedSink {
             distinct,
             "collection holds points twice (killed during an index build); rewriting every point once"
         );
-        self.scroll_raw(None, true, 1024, &mut |page| {
+        self.scroll_raw(None, true, true, 1024, &mut |page| {
             let points: Vec<PointStructPersisted> = page
                 .into_iter()
                 .filter_map(|r| {
@@ -257,10 +245,11 @@ impl EmbeddedSink {
     }
 
     /// Visit the records matching `filter` (all when none) in id order, each id once,
-    /// `page` at a time; payloads are read when `with_payload` or `with_vectors`.
+    /// `page` at a time, with or without payloads and vectors.
     fn scroll_raw(
         &self,
         filter: Option<Filter>,
+        with_payload: bool,
         with_vectors: bool,
         page: usize,
         visit: &mut dyn FnMut(Vec<qdrant_edge::Record>) -> Result<(), SinkError>,
@@ -273,7 +262,7 @@ impl EmbeddedSink {
                     offset,
                     limit: Some(page.max(1)),
                     filter: filter.clone(),
-                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_payload: Some(WithPayloadInterface::Bool(with_payload)),
                     with_vector: WithVector::Bool(with_vectors),
                     order_by: None,
                 })
@@ -466,7 +455,7 @@ impl VectorSink for EmbeddedSink {
         page: usize,
         visit: &mut dyn FnMut(Vec<StoredPoint>),
     ) -> Result<(), SinkError> {
-        self.scroll_raw(None, with_vectors, page, &mut |records| {
+        self.scroll_raw(None, true, with_vectors, page, &mut |records| {
             visit(stored(records, with_vectors));
             Ok(())
         })
@@ -476,7 +465,7 @@ impl VectorSink for EmbeddedSink {
         let mut out = Vec::new();
         for group in docs.chunks(256) {
             let filter = Self::filter_from(json!({ "must": [{ "key": keys::DOC_ID, "match": { "any": group } }] }))?;
-            self.scroll_raw(Some(filter), with_vectors, 1024, &mut |records| {
+            self.scroll_raw(Some(filter), true, with_vectors, 1024, &mut |records| {
                 out.extend(stored(records, with_vectors));
                 Ok(())
             })?;

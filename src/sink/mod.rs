@@ -149,6 +149,24 @@ pub struct CollectionParams {
 }
 
 impl CollectionParams {
+    /// A cosine collection of `dimension` with the engine's defaults and freshet's own
+    /// payload indexes only.
+    pub fn basic(dimension: usize) -> Self {
+        Self::of(
+            &crate::config::SinkSpec {
+                kind: crate::config::SinkKind::Embedded,
+                collection: String::new(),
+                distance: crate::config::Distance::Cosine,
+                hnsw_m: None,
+                hnsw_ef_construct: None,
+                on_disk_vectors: false,
+                on_disk_payload: false,
+                filterable: Default::default(),
+            },
+            dimension,
+        )
+    }
+
     /// The parameters a dataflow asks for, for vectors of `dimension`.
     pub fn of(spec: &crate::config::SinkSpec, dimension: usize) -> Self {
         use crate::config::IndexKind;
