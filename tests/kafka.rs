@@ -121,9 +121,6 @@ fn points_by_doc(export: &str) -> std::collections::BTreeMap<String, Vec<(String
 /// collection equals the oracle; the chunks embedded over all runs exceed the distinct
 /// content hashes by no more than what was in flight at the kills.
 #[test]
-#[ignore = "fails about half its runs, issue 3: qdrant-edge 0.7.1 neither replays its WAL nor deduplicates \
-            points at open, so a flush torn by kill -9 can corrupt acknowledged points (README, known defect). \
-            Run with --ignored."]
 fn kill_9_at_random_moments_loses_nothing_and_commits_only_what_is_indexed() {
     use rand::{Rng, SeedableRng};
     let broker = Broker::start();

@@ -18,6 +18,8 @@ use qdrant_edge::{
 use serde_json::json;
 use uuid::Uuid;
 
+mod wal;
+
 use super::{Catalog, CollectionParams, Hit, SinkError, SinkOp, SinkPoint, StoredPoint, VectorSink};
 use crate::config::IndexKind;
 use crate::model::{keys, ContentHash, Metadata};
@@ -60,10 +62,20 @@ const CLEAN_MARKER: &str = "freshet.clean";
 /// The page of points a duplicate repair is rewriting (see `repair_duplicates`).
 const REPAIR_JOURNAL: &str = "freshet.repair.json";
 
+/// The engine's WAL position up to which the segments are known whole: written when the
+/// collection is created, closed cleanly, or recovered (see `replay_wal`).
+const WAL_CHECKPOINT: &str = "freshet.wal-checkpoint";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Checkpoint {
+    /// WAL entries before this number are in the segments.
+    wal_end: u64,
+}
+
 impl Drop for EmbeddedSink {
     fn drop(&mut self) {
         let _guard = self.write_lock.lock();
-        if self.flush().is_ok() {
+        if self.flush().is_ok() && self.checkpoint().is_ok() {
             let _ = std::fs::File::create(self.path.join(CLEAN_MARKER)).and_then(|f| f.sync_all());
         }
     }
@@ -136,6 +148,14 @@ impl EmbeddedSink {
             )));
         }
         let dimension = create.map(|p| p.dimension);
+        // Written when the collection is closed; missing after a crash.
+        let marker = path.join(CLEAN_MARKER);
+        let clean = marker.exists();
+        // What the WAL holds beyond the last checkpoint, read before the engine opens it.
+        let replay = if exists && !clean { Some(Self::wal_since_checkpoint(&path)?) } else { None };
+        if exists && clean {
+            Self::prune_wal(&path);
+        }
         let (shard, dimension) = match (exists, create) {
             (true, _) => {
                 let shard = EdgeShard::load(&path, None).map_err(transient)?;
@@ -156,17 +176,94 @@ impl EmbeddedSink {
             (false, None) => return Err(missing()),
         };
         install_flush_panic_filter();
-        // Written when the collection is closed; missing after a crash.
-        let marker = path.join(CLEAN_MARKER);
-        let clean = marker.exists();
         if clean {
             std::fs::remove_file(&marker).map_err(transient)?;
         }
         let sink = Self { shard, dimension, path, write_lock: Mutex::new(()), _dir_lock: lock };
-        if exists && !clean {
+        if let Some(ops) = replay {
             sink.repair_duplicates()?;
+            sink.replay_wal(ops)?;
+        }
+        if !exists {
+            sink.flush()?;
+            sink.checkpoint()?;
         }
         Ok(sink)
+    }
+
+    /// The last checkpoint (0 for a collection from before checkpoints: its whole WAL).
+    fn read_checkpoint(path: &Path) -> Result<u64, SinkError> {
+        match std::fs::read(path.join(WAL_CHECKPOINT)) {
+            Ok(bytes) => Ok(serde_json::from_slice::<Checkpoint>(&bytes).map_err(transient)?.wal_end),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(transient(e)),
+        }
+    }
+
+    /// After a clean close, the WAL before the checkpoint is never needed again; the engine
+    /// itself never truncates it. A failure only leaves the files for next time.
+    fn prune_wal(path: &Path) {
+        let pruned = Self::read_checkpoint(path)
+            .map_err(|e| e.to_string())
+            .and_then(|below| wal::prune(&path.join("wal"), below).map_err(|e| e.to_string()));
+        match pruned {
+            Ok(0) => {}
+            Ok(segments) => tracing::debug!(segments, "removed WAL segments before the checkpoint"),
+            Err(error) => tracing::warn!(%error, "could not remove old WAL segments"),
+        }
+    }
+
+    /// The update operations the engine logged after the last checkpoint.
+    fn wal_since_checkpoint(path: &Path) -> Result<Vec<UpdateOperation>, SinkError> {
+        let from = Self::read_checkpoint(path)?;
+        let tail = wal::tail(&path.join("wal"), from)
+            .map_err(|e| SinkError::Permanent(format!("reading the engine's WAL of {}: {e}", path.display())))?;
+        tail.operations().map_err(SinkError::Permanent)
+    }
+
+    /// Record how far the WAL is known to be in the segments (call after a flush).
+    fn checkpoint(&self) -> Result<(), SinkError> {
+        let end = wal::tail(&self.path.join("wal"), u64::MAX).map_err(transient)?.end;
+        let tmp = self.path.join(format!("{WAL_CHECKPOINT}.tmp"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(transient)?;
+            f.write_all(&serde_json::to_vec(&Checkpoint { wal_end: end }).map_err(transient)?).map_err(transient)?;
+            f.sync_all().map_err(transient)?;
+        }
+        std::fs::rename(&tmp, self.path.join(WAL_CHECKPOINT)).map_err(transient)
+    }
+
+    /// Re-apply, in order, every operation the engine logged since the last checkpoint.
+    ///
+    /// qdrant-edge 0.7.1 does not replay its WAL when it opens a collection, and a process
+    /// killed in the middle of a flush can leave the segments torn — a point's new payload
+    /// beside its old vector, a point missing that a copy-on-write move deleted, points of
+    /// writes acknowledged before. Qdrant recovers from that by replaying its WAL; so does
+    /// this. Every logged operation sets points wholly (upsert, delete) or merges payload
+    /// keys, so applying the logged sequence again, from a point at or before the first one
+    /// the segments may lack, ends in the state the sequence describes. An operation that
+    /// fails again (a payload update of a point deleted since) failed the first time too.
+    fn replay_wal(&self, ops: Vec<UpdateOperation>) -> Result<(), SinkError> {
+        if !ops.is_empty() {
+            tracing::warn!(
+                path = %self.path.display(),
+                operations = ops.len(),
+                "the collection was not closed cleanly; replaying the engine's WAL since the last checkpoint"
+            );
+        }
+        let mut failed = 0usize;
+        for op in ops {
+            if let Err(e) = self.shard.update(op) {
+                failed += 1;
+                tracing::debug!(error = %e, "a replayed operation failed (as it did when first applied)");
+            }
+        }
+        if failed > 0 {
+            tracing::info!(failed, "replayed operations that failed again");
+        }
+        self.flush()?;
+        self.checkpoint()
     }
 
     /// An optimisation writes its new segment before it removes the segments it replaces;
