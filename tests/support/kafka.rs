@@ -33,22 +33,35 @@ fn repo() -> PathBuf {
 }
 
 impl Broker {
-    /// Install (if needed) and start tansu on a free port.
+    /// Install (if needed) and start tansu on a free port, memory storage.
     pub fn start() -> Broker {
-        let bin = repo().join(".tools/bin/tansu");
+        Self::start_with("install", "tansu", "memory://tansu/".into(), None)
+    }
+
+    /// tansu with its SQLite storage in `dir` (built by `scripts/kafka-broker install-sql`):
+    /// unlike the memory storage it answers ListOffsets by timestamp.
+    pub fn start_sql(dir: &std::path::Path) -> Broker {
+        // A path relative to the broker's working directory (`sqlite:///abs` is not a file).
+        Self::start_with("install-sql", "tansu-sql", "sqlite://tansu.db".into(), Some(dir))
+    }
+
+    fn start_with(install: &str, name: &str, storage: String, cwd: Option<&std::path::Path>) -> Broker {
+        let bin = repo().join(".tools/bin").join(name);
         if !bin.exists() {
-            let st = Command::new(repo().join("scripts/kafka-broker")).arg("install").status().expect("kafka-broker");
-            assert!(st.success(), "scripts/kafka-broker install failed");
+            let st = Command::new(repo().join("scripts/kafka-broker")).arg(install).status().expect("kafka-broker");
+            assert!(st.success(), "scripts/kafka-broker {install} failed");
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
+        let mut cmd = Command::new(&bin);
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &storage])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
+            .stderr(Stdio::null());
+        if let Some(d) = cwd {
+            cmd.current_dir(d);
+        }
+        let child = cmd.spawn().expect("start tansu");
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(start.elapsed() < Duration::from_secs(10), "tansu did not listen");
