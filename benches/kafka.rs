@@ -4,7 +4,8 @@
 //! with the `hash` embedder into the embedded engine with 1 and with 2 workers (fresh
 //! collection and consumer group each). Then the burst test: peak resident memory of a run
 //! that finds 1× and 10× that backlog waiting in the topic (pause/resume backpressure keeps
-//! it bounded).
+//! it bounded), and of a run that finds 1× and 10× edits to already-indexed articles
+//! waiting (the collection keeps its size, so only the source side can grow).
 //!
 //! `cargo bench --profile dev --bench kafka -- [--docs N] [--edits N]`
 
@@ -199,6 +200,27 @@ fn main() {
         let (dataflow, config) = write_files(dir.path(), &topic, &bootstrap, &format!("burst-{label}"), 2);
         let (secs, rss, _) = run(&dataflow, &config);
         println!("burst {label}: {n} events backlogged, drained in {secs:.1}s; peak RSS {rss:.0} MiB");
+    }
+
+    // Burst of edits to indexed documents: the collection keeps its size, so the peak
+    // memory difference between 1× and 10× is what the source side buffers.
+    for (label, k) in [("1x", 1usize), ("10x", 10)] {
+        let topic = format!("fixed-{label}");
+        let snapshot = dir.path().join(format!("{topic}.snapshot.jsonl"));
+        let changes = dir.path().join(format!("{topic}.changes.jsonl"));
+        let plan = freshet::workload::Plan { docs: small, edits: small * k, flips: 0, deletes: 0, seed: 11 };
+        freshet::workload::write_files(&snapshot, Some(&changes), &plan).unwrap();
+        create_topic(&bootstrap, &topic, 4);
+        produce_file(&bootstrap, &topic, 4, &snapshot);
+        let (dataflow, config) = write_files(dir.path(), &topic, &bootstrap, &topic, 2);
+        let (_, rss_indexed, _) = run(&dataflow, &config);
+        let n = produce_file(&bootstrap, &topic, 4, &changes);
+        let (secs, rss, summary) = run(&dataflow, &config);
+        println!(
+            "edit burst {label} on {small} indexed articles: {n} edits backlogged, drained in {secs:.1}s; \
+             peak RSS {rss:.0} MiB (indexing them: {rss_indexed:.0} MiB); chunks embedded {}",
+            summary["chunks_embedded"]
+        );
     }
     let _ = broker.kill();
     let _ = broker.wait();
