@@ -193,6 +193,56 @@ fn kill_9_at_random_moments_loses_nothing_and_commits_only_what_is_indexed() {
                 ok = required.iter().all(|r| have.iter().any(|(i, _)| i == r))
                     && have.iter().all(|p| states.iter().any(|s| s.contains(p)));
             }
+            if !ok {
+                let brief = |s: &[(String, serde_json::Value)]| -> Vec<String> {
+                    s.iter()
+                        .map(|(i, p)| {
+                            format!(
+                                "{}:c{}:v{}:{}",
+                                &i[..8],
+                                p["chunk_index"],
+                                p["source_version"],
+                                p["content_hash"].as_str().map_or("-", |h| &h[..8])
+                            )
+                        })
+                        .collect()
+                };
+                eprintln!("document {id}: have {:?}", brief(&have));
+                for j in done.saturating_sub(2)..=(done + 2).min(events.len()) {
+                    eprintln!(
+                        "  state after {j} events (offset {:?}): {:?}",
+                        events.get(j).map(|e| e.0),
+                        brief(&state(j))
+                    );
+                }
+                // The states of the versions present, key by key where they differ.
+                let versions: std::collections::BTreeSet<String> =
+                    have.iter().map(|(_, p)| p["source_version"].to_string()).collect();
+                for j in done..=events.len() {
+                    let s = state(j);
+                    if s.iter().any(|(_, p)| versions.contains(&p["source_version"].to_string())) {
+                        eprintln!("  state after {j} events: {:?}", brief(&s));
+                        for ((hi, hp), (si, sp)) in have.iter().zip(&s) {
+                            for (k, v) in sp.as_object().unwrap() {
+                                if hp.get(k) != Some(v) {
+                                    eprintln!("    {hi} vs {si}: {k}: have {:?} state {v}", hp.get(k));
+                                }
+                            }
+                        }
+                        break;
+                    }
+                }
+                eprintln!("  events {:?}", &events[done.saturating_sub(1)..(done + 6).min(events.len())]);
+            }
+            if !ok && std::env::var_os("FRESHET_KEEP_FAILED").is_some() {
+                eprintln!("kept {}", dir.path().display());
+                let dump: Vec<serde_json::Value> =
+                    (done..=events.len()).map(|j| serde_json::json!({"j": j, "state": state(j)})).collect();
+                std::fs::write(dir.path().join("have.json"), serde_json::to_string_pretty(&have).unwrap()).unwrap();
+                std::fs::write(dir.path().join("states.json"), serde_json::to_string_pretty(&dump).unwrap()).unwrap();
+                std::mem::forget(dir);
+                panic!("document {id} (kept)");
+            }
             assert!(
                 ok,
                 "after kill {round}: document {id} is in no state at or after committed offset {c} \

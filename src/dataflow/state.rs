@@ -289,7 +289,13 @@ impl DocShape {
             payload_version,
             live: true,
             chunks,
-            text_fields: Some(text_hashes),
+            // A no-op writes nothing, so the payloads keep the text field hashes of the
+            // change before it; so does the state, which a restart rebuilds from them.
+            text_fields: if class == ChangeClass::NoOp {
+                prev.and_then(|p| p.text_fields.clone())
+            } else {
+                Some(text_hashes)
+            },
             meta,
         });
         if class != ChangeClass::NoOp {

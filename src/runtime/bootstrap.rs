@@ -30,8 +30,6 @@ pub enum OrphanReason {
     DeletedDocument,
     /// It lies beyond a gap in its document's chunk indexes.
     ChunkGap,
-    /// It was being written when the process died.
-    TornWrite,
 }
 
 impl OrphanReason {
@@ -43,7 +41,6 @@ impl OrphanReason {
             OrphanReason::OtherModel => "other_model",
             OrphanReason::DeletedDocument => "deleted_document",
             OrphanReason::ChunkGap => "chunk_gap",
-            OrphanReason::TornWrite => "torn_write",
         }
     }
 }
@@ -68,6 +65,8 @@ pub struct Bootstrap {
 struct Partial {
     chunks: BTreeMap<u32, (ContentHash, Uuid)>,
     version: Option<u64>,
+    /// The newest version among the points.
+    newest: u64,
     meta: Option<Vec<u64>>,
     text_fields: Option<Vec<u64>>,
 }
@@ -76,10 +75,15 @@ struct Partial {
 /// derived in `namespace`. Points of another model are listed in
 /// [`Bootstrap::other_model`] and take no part in the state.
 ///
-/// `suspects` are the points of a write torn by a crash (from the in-flight log): their
-/// vector and payload may disagree, so they are deleted and their documents start from
-/// version 0, which makes the change read again (its offsets were not acknowledged)
-/// rewrite them.
+/// `suspects` are the points of a write a crash interrupted (from the in-flight log): some
+/// of its operations may have reached the collection and others not, so their documents
+/// may mix two versions. Each point is whole (the sink's writes are atomic per point; the
+/// embedded engine's WAL is replayed after a crash), so the points stay — deleting them
+/// would lose what the re-read change cannot always restore (an unchanged-TOAST body) —
+/// but their documents go back to just before the newest version among their points —
+/// with unknown metadata when the points disagree on their version (part of the write
+/// landed) — so the change read again (its offsets were not acknowledged) is applied
+/// against what the collection holds and rewrites what it must.
 pub fn rebuild(
     sink: &dyn VectorSink,
     shape: &DocShape,
@@ -120,15 +124,14 @@ pub fn rebuild(
                 }
             }
             if suspects.contains(&p.id) {
-                orphans.push((p.id, OrphanReason::TornWrite));
-                dirty.insert(doc_id);
-                continue;
+                dirty.insert(doc_id.clone());
             }
             let e = docs.entry(doc_id).or_default();
             e.chunks.insert(idx, (hash, p.id));
             // Points of one document disagree only after a torn write: keep the oldest
             // version so that replaying the newer change repairs them.
             e.version = Some(e.version.map_or(version, |v| v.min(version)));
+            e.newest = e.newest.max(version);
             let meta: Vec<u64> =
                 shape.meta_fields().iter().map(|f| value_hash(pl.get(f).unwrap_or(&serde_json::Value::Null))).collect();
             match &e.meta {
@@ -159,16 +162,28 @@ pub fn rebuild(
             }
         }
         // A no-op change may have advanced the version past the payloads'. A document
-        // touched by a torn write starts over from version 0.
+        // touched by an interrupted write goes back to just before that write's version
+        // (the newest among its points, or older if none of its operations landed), its
+        // metadata unknown: the write's change, read again, applies; changes older than it
+        // that the first run superseded are superseded again (version 0 would apply them).
         let seen = tombstones.seen.get(&doc_id).copied().unwrap_or(0);
-        let (version, payload_version) = if dirty.contains(&doc_id) { (0, 0) } else { (version.max(seen), version) };
+        let dirty = dirty.contains(&doc_id);
+        // Points at different versions: part of a write landed. Unknown metadata makes the
+        // re-read change rewrite every payload (even where it changed only one chunk);
+        // points that agree keep their metadata, so a re-read no-op writes nothing.
+        let mixed = dirty && version != p.newest;
+        let (version, payload_version) = match (dirty, mixed) {
+            (true, true) => (p.newest.saturating_sub(1).max(seen), 0),
+            (true, false) => (p.newest.saturating_sub(1).max(seen), version),
+            (false, _) => (version.max(seen), version),
+        };
         let state = DocState {
             version,
             payload_version,
             live: true,
             chunks,
             text_fields: p.text_fields,
-            meta: p.meta.unwrap_or_default(),
+            meta: if mixed { Vec::new() } else { p.meta.unwrap_or_default() },
         };
         live_docs += 1;
         workers[worker_for(route(&doc_id), peers)].docs.insert(doc_id, state);
@@ -186,4 +201,66 @@ pub fn rebuild(
         w.truncated_at = tombstones.truncated_at;
     }
     Ok(Bootstrap { workers, orphans, other_model, live_docs, points })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::DataflowSpec;
+    use crate::model::{chunk_payload, collection_namespace, Metadata};
+    use crate::sink::embedded::EmbeddedSink;
+    use crate::sink::{SinkOp, SinkPoint};
+
+    /// Regression (kill test): the points of a write a crash interrupted used to be
+    /// deleted, and a re-read change that cannot restore them (an unchanged-TOAST body)
+    /// left the document without points; and the document restarted from version 0, so a
+    /// stale event read again (superseded the first time) was applied. The points stay;
+    /// the document goes back to just before the write's version with unknown metadata,
+    /// so the re-read change applies and rewrites every payload.
+    #[test]
+    fn points_of_an_interrupted_write_stay_and_their_document_is_reapplied() {
+        let spec =
+            DataflowSpec::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/dataflows/articles.toml")))
+                .unwrap();
+        let shape = DocShape::new(&spec);
+        let ns = collection_namespace(&spec.sink.collection);
+        let dir = tempfile::tempdir().unwrap();
+        let sink = EmbeddedSink::open(dir.path(), "c", 4).unwrap();
+        let meta: Metadata =
+            serde_json::json!({"title": "T", "lang": "en", "status": "draft"}).as_object().unwrap().clone();
+        let point = |doc: &str, idx: u32, version: u64| {
+            let text = format!("{doc} chunk {idx}");
+            let h = ContentHash::of(&text);
+            let d = DocId(doc.into());
+            SinkPoint {
+                id: point_id(&ns, &d, idx),
+                vector: vec![1.0, 0.0, 0.0, idx as f32],
+                payload: chunk_payload(&meta, &d, idx, &h, version, "m", &text, &[1, 2]),
+            }
+        };
+        // Document "a" half-rewritten at version 20 (chunk 1 new, chunk 0 old); "b" untouched;
+        // "c" named by the interrupted write but none of it landed (or all of it).
+        let points = vec![
+            point("a", 0, 10),
+            point("a", 1, 20),
+            point("b", 0, 10),
+            point("b", 1, 10),
+            point("c", 0, 30),
+            point("c", 1, 30),
+        ];
+        sink.apply(vec![SinkOp::Upsert(points)]).unwrap();
+        let suspects = [point_id(&ns, &DocId("a".into()), 1), point_id(&ns, &DocId("c".into()), 0)];
+        let boot = rebuild(&sink, &shape, "m", &ns, &Tombstones::default(), &suspects, 1).unwrap();
+        assert!(boot.orphans.is_empty(), "{:?}", boot.orphans);
+        let a = &boot.workers[0].docs[&DocId("a".into())];
+        assert_eq!((a.version, a.payload_version, a.chunks.len()), (19, 0, 2), "just before the write's version");
+        assert!(a.meta.is_empty(), "metadata unknown: the re-read change rewrites every payload");
+        let c = &boot.workers[0].docs[&DocId("c".into())];
+        assert_eq!((c.version, c.payload_version), (29, 30), "its change applies again; a no-op writes nothing");
+        assert!(!c.meta.is_empty());
+        let b = &boot.workers[0].docs[&DocId("b".into())];
+        assert_eq!((b.version, b.payload_version, b.chunks.len()), (10, 10, 2));
+        assert!(!b.meta.is_empty());
+    }
 }

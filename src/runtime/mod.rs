@@ -310,7 +310,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         sink.apply(vec![SinkOp::Delete(boot.orphans.iter().map(|(id, _)| *id).collect())])?;
     }
     if !suspects.is_empty() {
-        inflight.done(0).map_err(io("updating the in-flight write log"))?;
+        inflight.done(store::InflightLog::CARRIED).map_err(io("updating the in-flight write log"))?;
     }
     let dead_letters = Arc::new(DeadLetterLog::open(&config.data_dir).map_err(io("opening the dead-letter file"))?);
 

@@ -1,8 +1,8 @@
 //! `freshet reconcile`: compare a collection with the documents freshet's state says it
 //! holds and remove every point that should not exist — points written behind freshet's
 //! back (missing keys, or a copy under an id freshet would not give it), points of another
-//! model, of deleted documents, beyond a gap in a document's chunks, or of a write torn by
-//! a crash — reporting what was found, by reason. Legitimate points are not touched.
+//! model, of deleted documents, or beyond a gap in a document's chunks — reporting what
+//! was found, by reason. Legitimate points are not touched.
 //!
 //! Run it while the pipeline is stopped. The embedded engine enforces that (one process
 //! per collection); with a Qdrant server, a pipeline writing at the same time could have

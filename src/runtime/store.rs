@@ -19,7 +19,8 @@ use crate::model::{DeadLetter, DocId, Version};
 /// The in-flight write log (see the module docs).
 #[derive(Debug)]
 pub struct InflightLog {
-    file: Mutex<File>,
+    /// The file, and the token of the next write.
+    file: Mutex<(File, u64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -30,8 +31,13 @@ enum InflightEntry {
 }
 
 impl InflightLog {
+    /// The token under which [`InflightLog::open`] carries over the points of writes a
+    /// crash interrupted, until the caller has dealt with them.
+    pub const CARRIED: u64 = 0;
+
     /// Open the log and return the points of writes that began and never finished (a
-    /// crash in the middle of a write). The log starts empty again.
+    /// crash in the middle of a write). The log starts empty again, but for those points
+    /// (under [`InflightLog::CARRIED`], in case of another crash before they are dealt with).
     pub fn open(data_dir: &Path, collection: &str) -> std::io::Result<(Self, Vec<uuid::Uuid>)> {
         let path = data_dir.join("state").join(format!("{collection}.inflight.jsonl"));
         if let Some(dir) = path.parent() {
@@ -42,7 +48,7 @@ impl InflightLog {
             for line in BufReader::new(File::open(&path)?).lines() {
                 match serde_json::from_str::<InflightEntry>(&line?) {
                     Ok(InflightEntry::Begin { begin, ids }) => {
-                        open.insert(begin, ids);
+                        open.entry(begin).or_default().extend(ids);
                     }
                     Ok(InflightEntry::Done { done }) => {
                         open.remove(&done);
@@ -52,29 +58,36 @@ impl InflightLog {
                 }
             }
         }
-        let suspects: Vec<uuid::Uuid> = open.into_values().flatten().collect();
-        let log = Self { file: Mutex::new(File::create(&path)?) };
+        let mut suspects: Vec<uuid::Uuid> = open.into_values().flatten().collect();
+        suspects.sort();
+        suspects.dedup();
+        let mut file = File::create(&path)?;
         if !suspects.is_empty() {
-            // Kept until the caller has dealt with them (`done(0)`), in case of another crash.
-            log.begin(0, &suspects)?;
+            file.write_all(&encode_lines([InflightEntry::Begin { begin: Self::CARRIED, ids: suspects.clone() }])?)?;
+            file.sync_data()?;
         }
-        Ok((log, suspects))
+        Ok((Self { file: Mutex::new((file, Self::CARRIED + 1)) }, suspects))
     }
 
-    /// Name the points a write at `time` is about to upsert (synced before the write).
-    pub fn begin(&self, time: u64, ids: &[uuid::Uuid]) -> std::io::Result<()> {
-        let buf = encode_lines([InflightEntry::Begin { begin: time, ids: ids.to_vec() }])?;
-        let mut f = self.file.lock().map_err(|_| std::io::Error::other("in-flight log lock poisoned"))?;
-        f.write_all(&buf)?;
-        f.sync_data()
+    /// Name the points a write is about to touch (synced before the write); returns the
+    /// write's token for [`InflightLog::done`]. Every write gets its own token: several
+    /// workers write batches of the same time concurrently.
+    pub fn begin(&self, ids: &[uuid::Uuid]) -> std::io::Result<u64> {
+        let mut guard = self.file.lock().map_err(|_| std::io::Error::other("in-flight log lock poisoned"))?;
+        let token = guard.1;
+        guard.1 += 1;
+        let buf = encode_lines([InflightEntry::Begin { begin: token, ids: ids.to_vec() }])?;
+        guard.0.write_all(&buf)?;
+        guard.0.sync_data()?;
+        Ok(token)
     }
 
-    /// The write at `time` finished (not synced: losing this line only makes the next start
-    /// rewrite those points).
-    pub fn done(&self, time: u64) -> std::io::Result<()> {
-        let buf = encode_lines([InflightEntry::Done { done: time }])?;
-        let mut f = self.file.lock().map_err(|_| std::io::Error::other("in-flight log lock poisoned"))?;
-        f.write_all(&buf)
+    /// The write with `token` finished (not synced: losing this line only makes the next
+    /// start re-apply those documents).
+    pub fn done(&self, token: u64) -> std::io::Result<()> {
+        let buf = encode_lines([InflightEntry::Done { done: token }])?;
+        let mut guard = self.file.lock().map_err(|_| std::io::Error::other("in-flight log lock poisoned"))?;
+        guard.0.write_all(&buf)
     }
 }
 
@@ -232,4 +245,38 @@ pub fn copy_state(data_dir: &Path, from: &str, to: &str) -> std::io::Result<()> 
         std::fs::rename(&tmp, &dst)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod inflight_tests {
+    use super::*;
+
+    fn id(i: u128) -> uuid::Uuid {
+        uuid::Uuid::from_u128(i)
+    }
+
+    /// Regression (kill test): entries were keyed by the batch's time, and two workers
+    /// write batches of the same time concurrently — the second `begin` replaced the
+    /// first's points and the first `done` cleared the second's, so a write a crash
+    /// interrupted could go unnamed.
+    #[test]
+    fn concurrent_writes_are_named_until_each_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, suspects) = InflightLog::open(dir.path(), "c").unwrap();
+        assert!(suspects.is_empty());
+        let a = log.begin(&[id(1), id(2)]).unwrap();
+        let b = log.begin(&[id(3)]).unwrap();
+        assert_ne!(a, b);
+        log.done(a).unwrap();
+        drop(log); // a crash: `b` never finished
+        let (log, suspects) = InflightLog::open(dir.path(), "c").unwrap();
+        assert_eq!(suspects, vec![id(3)]);
+        drop(log); // another crash before they were dealt with: still named
+        let (log, suspects) = InflightLog::open(dir.path(), "c").unwrap();
+        assert_eq!(suspects, vec![id(3)]);
+        log.done(InflightLog::CARRIED).unwrap();
+        drop(log);
+        assert!(InflightLog::open(dir.path(), "c").unwrap().1.is_empty());
+    }
 }

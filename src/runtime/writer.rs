@@ -268,11 +268,17 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
             SinkOp::Delete(_) => Vec::new(),
         })
         .collect();
-    if !touched.is_empty() {
-        if let Err(e) = s.inflight.begin(r.time, &touched) {
-            tracing::warn!(error = %e, "could not record the write in the in-flight log");
+    let token = if touched.is_empty() {
+        None
+    } else {
+        match s.inflight.begin(&touched) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the write in the in-flight log");
+                None
+            }
         }
-    }
+    };
     if !ops.is_empty() {
         if let Err(e) = apply_with_retry(s, r.time, ops).await {
             // Something in the batch can never be written: write each document on its
@@ -314,8 +320,8 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
             hook(docs);
         }
     }
-    if !touched.is_empty() {
-        if let Err(e) = s.inflight.done(r.time) {
+    if let Some(token) = token {
+        if let Err(e) = s.inflight.done(token) {
             tracing::warn!(error = %e, "could not mark the write done in the in-flight log");
         }
     }

@@ -18,7 +18,7 @@ use qdrant_edge::{
 use serde_json::json;
 use uuid::Uuid;
 
-mod wal;
+pub mod wal;
 
 use super::{Catalog, CollectionParams, Hit, SinkError, SinkOp, SinkPoint, StoredPoint, VectorSink};
 use crate::config::IndexKind;
@@ -62,20 +62,32 @@ const CLEAN_MARKER: &str = "freshet.clean";
 /// The page of points a duplicate repair is rewriting (see `repair_duplicates`).
 const REPAIR_JOURNAL: &str = "freshet.repair.json";
 
-/// The engine's WAL position up to which the segments are known whole: written when the
-/// collection is created, closed cleanly, or recovered (see `replay_wal`).
+/// The engine's WAL position up to which the segments are known whole — written when the
+/// collection is created or closed cleanly — and the WAL ranges that recoveries since
+/// appended (copies of earlier entries, skipped by the next replay; see `replay_wal`).
 const WAL_CHECKPOINT: &str = "freshet.wal-checkpoint";
 
-#[derive(serde::Serialize, serde::Deserialize)]
+/// What an unclean open replays.
+struct Replay {
+    ops: Vec<UpdateOperation>,
+    checkpoint: Checkpoint,
+    /// The WAL's end before the replay.
+    wal_end: u64,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Checkpoint {
     /// WAL entries before this number are in the segments.
     wal_end: u64,
+    /// `[start, end)` ranges of entries written by replays after this checkpoint.
+    #[serde(default)]
+    replayed: Vec<[u64; 2]>,
 }
 
 impl Drop for EmbeddedSink {
     fn drop(&mut self) {
         let _guard = self.write_lock.lock();
-        if self.flush().is_ok() && self.checkpoint().is_ok() {
+        if self.flush().is_ok() && self.checkpoint(None).is_ok() {
             let _ = std::fs::File::create(self.path.join(CLEAN_MARKER)).and_then(|f| f.sync_all());
         }
     }
@@ -181,21 +193,23 @@ impl EmbeddedSink {
         }
         let sink = Self { shard, dimension, path, write_lock: Mutex::new(()), _dir_lock: lock };
         if let Some(ops) = replay {
-            sink.repair_duplicates()?;
+            // First the WAL (which ends with the deletes of a repair a crash interrupted,
+            // if any), then the repair's journal and the duplicate check.
             sink.replay_wal(ops)?;
+            sink.repair_duplicates()?;
         }
         if !exists {
             sink.flush()?;
-            sink.checkpoint()?;
+            sink.checkpoint(None)?;
         }
         Ok(sink)
     }
 
     /// The last checkpoint (0 for a collection from before checkpoints: its whole WAL).
-    fn read_checkpoint(path: &Path) -> Result<u64, SinkError> {
+    fn read_checkpoint(path: &Path) -> Result<Checkpoint, SinkError> {
         match std::fs::read(path.join(WAL_CHECKPOINT)) {
-            Ok(bytes) => Ok(serde_json::from_slice::<Checkpoint>(&bytes).map_err(transient)?.wal_end),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Ok(bytes) => serde_json::from_slice::<Checkpoint>(&bytes).map_err(transient),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoint::default()),
             Err(e) => Err(transient(e)),
         }
     }
@@ -205,7 +219,7 @@ impl EmbeddedSink {
     fn prune_wal(path: &Path) {
         let pruned = Self::read_checkpoint(path)
             .map_err(|e| e.to_string())
-            .and_then(|below| wal::prune(&path.join("wal"), below).map_err(|e| e.to_string()));
+            .and_then(|c| wal::prune(&path.join("wal"), c.wal_end).map_err(|e| e.to_string()));
         match pruned {
             Ok(0) => {}
             Ok(segments) => tracing::debug!(segments, "removed WAL segments before the checkpoint"),
@@ -213,43 +227,57 @@ impl EmbeddedSink {
         }
     }
 
-    /// The update operations the engine logged after the last checkpoint.
-    fn wal_since_checkpoint(path: &Path) -> Result<Vec<UpdateOperation>, SinkError> {
-        let from = Self::read_checkpoint(path)?;
-        let tail = wal::tail(&path.join("wal"), from)
+    /// The update operations the engine logged after the last checkpoint (but not the
+    /// copies earlier replays wrote), and the checkpoint with the WAL's end.
+    fn wal_since_checkpoint(path: &Path) -> Result<Replay, SinkError> {
+        let checkpoint = Self::read_checkpoint(path)?;
+        let tail = wal::tail(&path.join("wal"), checkpoint.wal_end)
             .map_err(|e| SinkError::Permanent(format!("reading the engine's WAL of {}: {e}", path.display())))?;
-        tail.operations().map_err(SinkError::Permanent)
+        let copy = |i: u64| checkpoint.replayed.iter().any(|[a, b]| (*a..*b).contains(&i));
+        let kept =
+            wal::WalTail { end: tail.end, records: tail.records.into_iter().filter(|(i, _)| !copy(*i)).collect() };
+        let ops = kept.operations().map_err(SinkError::Permanent)?;
+        Ok(Replay { ops, checkpoint, wal_end: tail.end })
     }
 
-    /// Record how far the WAL is known to be in the segments (call after a flush).
-    fn checkpoint(&self) -> Result<(), SinkError> {
+    /// Record the checkpoint: at a clean close or creation (`None`), everything in the WAL
+    /// is in the segments; after a recovery, the same checkpoint as before plus the range
+    /// the replay wrote.
+    fn checkpoint(&self, after_replay: Option<Checkpoint>) -> Result<(), SinkError> {
         let end = wal::tail(&self.path.join("wal"), u64::MAX).map_err(transient)?.end;
+        let checkpoint = after_replay.unwrap_or(Checkpoint { wal_end: end, replayed: Vec::new() });
         let tmp = self.path.join(format!("{WAL_CHECKPOINT}.tmp"));
         {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp).map_err(transient)?;
-            f.write_all(&serde_json::to_vec(&Checkpoint { wal_end: end }).map_err(transient)?).map_err(transient)?;
+            f.write_all(&serde_json::to_vec(&checkpoint).map_err(transient)?).map_err(transient)?;
             f.sync_all().map_err(transient)?;
         }
         std::fs::rename(&tmp, self.path.join(WAL_CHECKPOINT)).map_err(transient)
     }
 
-    /// Re-apply, in order, every operation the engine logged since the last checkpoint.
+    /// Re-apply, in order, every operation the engine logged since the last clean close.
     ///
     /// qdrant-edge 0.7.1 does not replay its WAL when it opens a collection, and a process
     /// killed in the middle of a flush can leave the segments torn — a point's new payload
-    /// beside its old vector, a point missing that a copy-on-write move deleted, points of
-    /// writes acknowledged before. Qdrant recovers from that by replaying its WAL; so does
+    /// beside its old vector, a point missing that a copy-on-write move deleted, even
+    /// changes acknowledged before. Qdrant recovers from that by replaying its WAL; so does
     /// this. Every logged operation sets points wholly (upsert, delete) or merges payload
     /// keys, so applying the logged sequence again, from a point at or before the first one
     /// the segments may lack, ends in the state the sequence describes. An operation that
     /// fails again (a payload update of a point deleted since) failed the first time too.
-    fn replay_wal(&self, ops: Vec<UpdateOperation>) -> Result<(), SinkError> {
+    ///
+    /// The checkpoint does not move: a later flush torn by another crash may damage what
+    /// this replay restored, so until a clean close every recovery replays from the same
+    /// place — skipping the copies earlier recoveries appended, so the work does not
+    /// double with each crash.
+    fn replay_wal(&self, replay: Replay) -> Result<(), SinkError> {
+        let Replay { ops, mut checkpoint, wal_end } = replay;
         if !ops.is_empty() {
             tracing::warn!(
                 path = %self.path.display(),
                 operations = ops.len(),
-                "the collection was not closed cleanly; replaying the engine's WAL since the last checkpoint"
+                "the collection was not closed cleanly; replaying the engine's WAL since the last clean close"
             );
         }
         let mut failed = 0usize;
@@ -263,7 +291,11 @@ impl EmbeddedSink {
             tracing::info!(failed, "replayed operations that failed again");
         }
         self.flush()?;
-        self.checkpoint()
+        let end = wal::tail(&self.path.join("wal"), u64::MAX).map_err(transient)?.end;
+        if end > wal_end {
+            checkpoint.replayed.push([wal_end, end]);
+        }
+        self.checkpoint(Some(checkpoint))
     }
 
     /// An optimisation writes its new segment before it removes the segments it replaces;

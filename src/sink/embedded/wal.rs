@@ -24,8 +24,9 @@ use qdrant_edge::UpdateOperation;
 pub struct WalTail {
     /// The number after the last entry.
     pub end: u64,
-    /// The entries at or after the requested position, in order, still encoded.
-    pub records: Vec<Vec<u8>>,
+    /// The entries at or after the requested position, in order, with their numbers,
+    /// still encoded.
+    pub records: Vec<(u64, Vec<u8>)>,
 }
 
 impl WalTail {
@@ -33,10 +34,7 @@ impl WalTail {
     pub fn operations(&self) -> Result<Vec<UpdateOperation>, String> {
         self.records
             .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                serde_cbor::from_slice(r).map_err(|e| format!("WAL entry {} of the tail does not decode: {e}", i))
-            })
+            .map(|(i, r)| serde_cbor::from_slice(r).map_err(|e| format!("WAL entry {i} does not decode: {e}")))
             .collect()
     }
 }
@@ -125,7 +123,7 @@ pub fn tail(dir: &Path, from: u64) -> std::io::Result<WalTail> {
 /// returns how many entries the segment holds.
 fn take(out: &mut WalTail, start: u64, entries: Vec<Vec<u8>>, from: u64) -> u64 {
     let n = entries.len() as u64;
-    out.records.extend(entries.into_iter().enumerate().filter(|(i, _)| start + *i as u64 >= from).map(|(_, e)| e));
+    out.records.extend(entries.into_iter().enumerate().map(|(i, e)| (start + i as u64, e)).filter(|(i, _)| *i >= from));
     n
 }
 
@@ -181,7 +179,7 @@ mod tests {
     }
 
     fn names(t: &WalTail) -> Vec<String> {
-        t.records.iter().map(|r| String::from_utf8(r.clone()).unwrap()).collect()
+        t.records.iter().map(|(_, r)| String::from_utf8(r.clone()).unwrap()).collect()
     }
 
     #[test]
