@@ -163,14 +163,14 @@ pub fn rebuild(
         }
         // A no-op change may have advanced the version past the payloads'. A document
         // touched by an interrupted write goes back to just before that write's version
-        // (the newest among its points, or older if none of its operations landed), its
-        // metadata unknown: the write's change, read again, applies; changes older than it
-        // that the first run superseded are superseded again (version 0 would apply them).
+        // (the newest among its points, or older if none of its operations landed): the
+        // write's change, read again, applies; changes older than it that the first run
+        // superseded are superseded again (version 0 would apply them). If its points are
+        // at different versions, part of the write landed: unknown metadata makes the
+        // re-read change rewrite every payload; points that agree keep their metadata, so
+        // a re-read no-op writes nothing.
         let seen = tombstones.seen.get(&doc_id).copied().unwrap_or(0);
         let dirty = dirty.contains(&doc_id);
-        // Points at different versions: part of a write landed. Unknown metadata makes the
-        // re-read change rewrite every payload (even where it changed only one chunk);
-        // points that agree keep their metadata, so a re-read no-op writes nothing.
         let mixed = dirty && version != p.newest;
         let (version, payload_version) = match (dirty, mixed) {
             (true, true) => (p.newest.saturating_sub(1).max(seen), 0),
@@ -216,8 +216,8 @@ mod tests {
     /// deleted, and a re-read change that cannot restore them (an unchanged-TOAST body)
     /// left the document without points; and the document restarted from version 0, so a
     /// stale event read again (superseded the first time) was applied. The points stay;
-    /// the document goes back to just before the write's version with unknown metadata,
-    /// so the re-read change applies and rewrites every payload.
+    /// the document goes back to just before the write's version (with unknown metadata
+    /// if part of the write landed), so the re-read change applies and rewrites what it must.
     #[test]
     fn points_of_an_interrupted_write_stay_and_their_document_is_reapplied() {
         let spec =
