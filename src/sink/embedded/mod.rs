@@ -231,21 +231,26 @@ impl EmbeddedSink {
     /// copies earlier replays wrote), and the checkpoint with the WAL's end.
     fn wal_since_checkpoint(path: &Path) -> Result<Replay, SinkError> {
         let checkpoint = Self::read_checkpoint(path)?;
-        let tail = wal::tail(&path.join("wal"), checkpoint.wal_end)
+        let mut tail = wal::tail(&path.join("wal"), checkpoint.wal_end)
             .map_err(|e| SinkError::Permanent(format!("reading the engine's WAL of {}: {e}", path.display())))?;
-        let copy = |i: u64| checkpoint.replayed.iter().any(|[a, b]| (*a..*b).contains(&i));
-        let kept =
-            wal::WalTail { end: tail.end, records: tail.records.into_iter().filter(|(i, _)| !copy(*i)).collect() };
-        let ops = kept.operations().map_err(SinkError::Permanent)?;
+        tail.records.retain(|(i, _)| !checkpoint.replayed.iter().any(|[a, b]| (*a..*b).contains(i)));
+        let ops = tail.operations().map_err(SinkError::Permanent)?;
         Ok(Replay { ops, checkpoint, wal_end: tail.end })
+    }
+
+    /// The number after the WAL's last entry.
+    fn wal_end(&self) -> Result<u64, SinkError> {
+        Ok(wal::tail(&self.path.join("wal"), u64::MAX).map_err(transient)?.end)
     }
 
     /// Record the checkpoint: at a clean close or creation (`None`), everything in the WAL
     /// is in the segments; after a recovery, the same checkpoint as before plus the range
     /// the replay wrote.
     fn checkpoint(&self, after_replay: Option<Checkpoint>) -> Result<(), SinkError> {
-        let end = wal::tail(&self.path.join("wal"), u64::MAX).map_err(transient)?.end;
-        let checkpoint = after_replay.unwrap_or(Checkpoint { wal_end: end, replayed: Vec::new() });
+        let checkpoint = match after_replay {
+            Some(c) => c,
+            None => Checkpoint { wal_end: self.wal_end()?, replayed: Vec::new() },
+        };
         let tmp = self.path.join(format!("{WAL_CHECKPOINT}.tmp"));
         {
             use std::io::Write;
@@ -291,7 +296,7 @@ impl EmbeddedSink {
             tracing::info!(failed, "replayed operations that failed again");
         }
         self.flush()?;
-        let end = wal::tail(&self.path.join("wal"), u64::MAX).map_err(transient)?.end;
+        let end = self.wal_end()?;
         if end > wal_end {
             checkpoint.replayed.push([wal_end, end]);
         }
