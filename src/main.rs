@@ -205,6 +205,26 @@ enum Command {
         #[arg(long)]
         filter: Vec<String>,
     },
+    /// Show a running process's status on one screen: lag, backlog, rates,
+    /// commit→searchable percentiles, last errors, dead letters (from its `/status`).
+    Status {
+        /// Base URL of the process's HTTP endpoint (default: `metrics_addr` of `--config`,
+        /// else http://127.0.0.1:9187).
+        #[arg(long)]
+        url: Option<String>,
+        /// Runtime config to take the address and token from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Bearer token (default: `http_token` of `--config`).
+        #[arg(long, env = "FRESHET_HTTP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print the status document as JSON instead.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every this many seconds until interrupted.
+        #[arg(long)]
+        watch: Option<u64>,
+    },
     /// Generate the sample corpus as Debezium events (snapshot, then edits, metadata flips
     /// and deletes) for the main job and benchmarks.
     Generate {
@@ -404,6 +424,30 @@ fn real_main() -> Result<()> {
                 println!("{line}");
             }
             Ok(())
+        }
+        Command::Status { url, config, token, json, watch } => {
+            let cfg = config.as_deref().map(RuntimeConfig::load).transpose()?;
+            let url = url
+                .or_else(|| cfg.as_ref().and_then(|c| c.metrics_addr).map(|a| format!("http://{a}")))
+                .unwrap_or_else(|| "http://127.0.0.1:9187".into());
+            let token = token.or_else(|| cfg.and_then(|c| c.http_token));
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            loop {
+                let status =
+                    rt.block_on(telemetry::report::fetch(&url, token.as_deref())).map_err(anyhow::Error::msg)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                } else {
+                    if watch.is_some() {
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    print!("{}", telemetry::report::render(&status));
+                }
+                match watch {
+                    Some(every) => std::thread::sleep(std::time::Duration::from_secs(every.max(1))),
+                    None => return Ok(()),
+                }
+            }
         }
         Command::Generate { out, docs, edits, flips, deletes, seed, changes_out } => {
             let plan = freshet::workload::Plan { docs, edits, flips, deletes, seed };

@@ -19,9 +19,14 @@ pub struct RuntimeConfig {
     /// Data directory: embedded collections, tombstones, dead-letter file.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Address of the HTTP endpoint serving `/metrics`; none disables it.
+    /// Address of the HTTP endpoint serving the dashboard (`/`), `/metrics`, `/status` and
+    /// `/api/series`; none disables it. Keep it on 127.0.0.1 unless `http_token` is set.
     #[serde(default)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Bearer token the HTTP endpoint requires (the environment variable
+    /// `FRESHET_HTTP_TOKEN` overrides it); none leaves the endpoint open.
+    #[serde(default)]
+    pub http_token: Option<String>,
     /// Records a source reads per partition per activation (bounds work per step).
     #[serde(default = "default_max_records_per_pass")]
     pub max_records_per_pass: usize,
@@ -191,6 +196,7 @@ impl Default for RuntimeConfig {
             workers: default_workers(),
             data_dir: default_data_dir(),
             metrics_addr: None,
+            http_token: None,
             max_records_per_pass: default_max_records_per_pass(),
             max_passes_in_flight: default_max_passes_in_flight(),
             max_record_bytes: default_max_record_bytes(),
@@ -206,7 +212,10 @@ impl Default for RuntimeConfig {
 impl RuntimeConfig {
     /// Read and validate a runtime config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Self = read_toml(path)?;
+        let mut cfg: Self = read_toml(path)?;
+        if let Ok(t) = std::env::var("FRESHET_HTTP_TOKEN") {
+            cfg.http_token = Some(t);
+        }
         cfg.validate(path)
     }
 
@@ -221,6 +230,10 @@ impl RuntimeConfig {
         }
         if self.max_record_bytes < 1024 {
             return Err(bad("`max_record_bytes` must be at least 1024"));
+        }
+        if self.http_token.as_deref().is_some_and(|t| t.is_empty() || t.chars().any(|c| c.is_whitespace() || c == '&'))
+        {
+            return Err(bad("`http_token` must be non-empty, without spaces or `&`"));
         }
         if let Some(q) = &self.qdrant {
             if !(q.url.starts_with("http://") || q.url.starts_with("https://")) {

@@ -107,6 +107,9 @@ pub enum StateOut {
     Dead(DeadLetter),
     /// Counters for the records processed at this time.
     Tally(Tally),
+    /// The source commit times (ms; None when the record has none) of the changes applied
+    /// at this time, one per change counted as applied in the tally.
+    Applied(Vec<Option<u64>>),
     /// The table was truncated at this version (remembered across restarts).
     Truncated(crate::model::Version),
     /// Change in the number of live documents and chunks the state holds.

@@ -32,21 +32,34 @@ pub enum SizeKind {
 /// Receives the exact totals of the state's size as they change.
 pub type SizeObserver = std::sync::Arc<dyn Fn(SizeKind, i64) + Send + Sync>;
 
-/// Assemble the operators after the source; `sink_probe` then reads the sink frontier.
+/// Probes on the stages' outputs: their frontiers are what `freshet_stage_frontier_ms`
+/// reports (the embed stage's is kept by the writers, the source's by the readers).
+#[derive(Clone, Default)]
+pub struct StageProbes {
+    /// After the source operator (records read and decoded).
+    pub decode: ProbeHandle<Time>,
+    /// After the document state (writes decided).
+    pub state: ProbeHandle<Time>,
+    /// After the index writer (acknowledged by the sink).
+    pub sink: ProbeHandle<Time>,
+}
+
+/// Assemble the operators after the source; `probes.sink` then reads the sink frontier.
 /// Returns the stream of acknowledged times.
 pub fn build<'scope, W, F>(
     routed: Stream<'scope, Time, Vec<Routed>>,
     shape: Rc<DocShape>,
     initial: InitialState,
     make_writer: F,
-    sink_probe: &ProbeHandle<Time>,
+    probes: &StageProbes,
     sizes: SizeObserver,
 ) -> Stream<'scope, Time, Vec<Acked>>
 where
     W: IndexWriter,
     F: FnOnce(SyncActivator) -> W + 'static,
 {
-    let state = routed.doc_state("DocState", shape, initial);
+    let routed = routed.probe_with(&probes.decode);
+    let state = routed.doc_state("DocState", shape, initial).probe_with(&probes.state);
     state
         .clone()
         .unary::<timely::container::CapacityContainerBuilder<Vec<(u8, Time, isize)>>, _, _, _>(
@@ -75,5 +88,5 @@ where
                 sizes(kind, *total as i64);
             }
         });
-    state.write_index("WriteIndex", make_writer).probe_with(sink_probe)
+    state.write_index("WriteIndex", make_writer).probe_with(&probes.sink)
 }

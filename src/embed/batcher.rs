@@ -13,10 +13,12 @@ use std::time::Duration;
 use lru::LruCache;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{EmbedError, Embedder};
+use crate::dataflow::Time;
 use crate::model::ContentHash;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{ErrorKindLabel, Metrics};
 
 /// A vector shared between the cache and the writers.
 pub type Vector = Arc<[f32]>;
@@ -42,6 +44,8 @@ struct Job {
     hash: ContentHash,
     text: String,
     tokens: usize,
+    /// The dataflow time that asked for it (the batch's span reports the range).
+    time: Time,
 }
 
 type Waiters = Vec<oneshot::Sender<Result<Vector, String>>>;
@@ -94,7 +98,7 @@ impl EmbedService {
         self.embedder.dimension()
     }
 
-    /// Vectors in the cache for `hashes`.
+    /// Vectors in the cache for `hashes` (counted as cache hits and misses).
     pub fn cached(&self, hashes: &[ContentHash]) -> HashMap<ContentHash, Vector> {
         let mut out = HashMap::new();
         if let Ok(mut c) = self.cache.lock() {
@@ -103,6 +107,9 @@ impl EmbedService {
                     out.insert(*h, Arc::clone(v));
                 }
             }
+        }
+        if !hashes.is_empty() {
+            self.metrics.record_cache(out.len() as u64, (hashes.len() - out.len()) as u64);
         }
         out
     }
@@ -114,9 +121,13 @@ impl EmbedService {
         }
     }
 
-    /// Embed `items` (distinct hashes), joining requests already in flight. Each hash maps
-    /// to its vector or to the reason it can never be embedded.
-    pub async fn embed(&self, items: Vec<(ContentHash, String)>) -> HashMap<ContentHash, Result<Vector, String>> {
+    /// Embed `items` (distinct hashes) for dataflow time `time`, joining requests already in
+    /// flight. Each hash maps to its vector or to the reason it can never be embedded.
+    pub async fn embed(
+        &self,
+        time: Time,
+        items: Vec<(ContentHash, String)>,
+    ) -> HashMap<ContentHash, Result<Vector, String>> {
         let mut receivers = Vec::with_capacity(items.len());
         let mut ready = HashMap::new();
         for (hash, text) in items {
@@ -138,7 +149,9 @@ impl EmbedService {
             };
             if first {
                 let tokens = self.embedder.count_tokens(&text).min(self.max_tokens_per_text);
-                if self.tx.send(Job { hash, text, tokens }).is_err() {
+                self.metrics.embed_queue_depth.inc();
+                if self.tx.send(Job { hash, text, tokens, time }).is_err() {
+                    self.metrics.embed_queue_depth.dec();
                     self.resolve(&hash, Err("embedding service stopped".into()));
                 }
             }
@@ -162,9 +175,18 @@ impl EmbedService {
     async fn run_batch(self: Arc<Self>, jobs: Vec<Job>) {
         let mut stack = vec![jobs];
         while let Some(jobs) = stack.pop() {
-            match self.embed_with_retry(&jobs).await {
+            let tokens: usize = jobs.iter().map(|j| j.tokens).sum();
+            let time_from = jobs.iter().map(|j| j.time).min().unwrap_or_default();
+            let time_to = jobs.iter().map(|j| j.time).max().unwrap_or_default();
+            let span = tracing::debug_span!("embed_batch", texts = jobs.len(), tokens, time_from, time_to);
+            let started = std::time::Instant::now();
+            let res = self.embed_with_retry(&jobs).instrument(span).await;
+            self.metrics.embed_latency.observe(started.elapsed().as_secs_f64());
+            match res {
                 Ok(vectors) => {
                     self.metrics.record_embed_batch(jobs.len() as u64);
+                    self.metrics.embed_batch_texts.observe(jobs.len() as f64);
+                    self.metrics.embed_batch_tokens.observe(tokens as f64);
                     for (job, v) in jobs.iter().zip(vectors) {
                         let v: Vector = v.into();
                         self.remember(job.hash, Arc::clone(&v));
@@ -179,6 +201,8 @@ impl EmbedService {
                     stack.push(jobs);
                 }
                 Err(e) => {
+                    self.metrics.embed_errors.get_or_create(&ErrorKindLabel { kind: "permanent" }).inc();
+                    self.metrics.record_error("embed", format!("a text can never be embedded: {e}"));
                     for job in &jobs {
                         self.resolve(&job.hash, Err(e.to_string()));
                     }
@@ -220,6 +244,8 @@ impl EmbedService {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_transient() => {
                     self.metrics.retries.inc();
+                    self.metrics.embed_errors.get_or_create(&ErrorKindLabel { kind: "transient" }).inc();
+                    self.metrics.record_error("embed", format!("embedding failed, retrying: {e}"));
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "embedding failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -259,6 +285,7 @@ async fn batch_loop(svc: std::sync::Weak<EmbedService>, mut rx: mpsc::UnboundedR
         }
         let Ok(permit) = Arc::clone(&sem).acquire_owned().await else { return };
         let Some(svc) = svc.upgrade() else { return };
+        svc.metrics.embed_queue_depth.dec_by(batch.len() as i64);
         tracing::debug!(texts = batch.len(), tokens, "embedding batch");
         tokio::spawn(async move {
             svc.run_batch(batch).await;

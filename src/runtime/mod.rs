@@ -24,7 +24,7 @@ use crate::config::SinkKind;
 use crate::config::SourceKind;
 use crate::config::{DataflowSpec, EmbedderKind, EmbedderSpec, RuntimeConfig};
 use crate::dataflow::operators::doc_state::InitialState;
-use crate::dataflow::pipeline::{SizeKind, SizeObserver};
+use crate::dataflow::pipeline::{SizeKind, SizeObserver, StageProbes};
 use crate::dataflow::state::DocShape;
 use crate::dataflow::{Tally, Time};
 use crate::embed::batcher::{BatchOptions, EmbedService};
@@ -40,6 +40,7 @@ use crate::source::file::{file_source, FileSourceOptions};
 use crate::source::kafka::reader::{kafka_source, KafkaSourceOptions};
 use crate::source::kafka::{plan, KafkaSourceError, StartPosition};
 use crate::source::{now_ms, SourceProgress};
+use crate::telemetry::live::Live;
 use crate::telemetry::metrics::Metrics;
 use store::{DeadLetterLog, TombstoneLog};
 use writer::{RuntimeWriter, WriterShared};
@@ -274,10 +275,14 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         .build()
         .map_err(io("starting tokio"))?;
     let metrics = Arc::new(Metrics::new());
+    metrics.set_build_info(embedder.model_id());
+    let progress = Arc::new(SourceProgress::new(config.workers));
+    let live = Live::new(Arc::clone(&metrics), Arc::clone(&progress), embedder.model_id());
+    let _sampler = live.spawn_sampler().map_err(io("starting the metrics sampler"))?;
     if let Some(addr) = config.metrics_addr {
-        match rt.block_on(crate::telemetry::http::serve(addr, Arc::clone(&metrics))) {
-            Ok(bound) => tracing::info!(%bound, "serving /metrics"),
-            Err(e) => tracing::warn!(%addr, error = %e, "metrics endpoint not started"),
+        match rt.block_on(crate::telemetry::http::serve(addr, Arc::clone(&live), config.http_token.clone())) {
+            Ok(bound) => tracing::info!(%bound, "serving the dashboard (/), /metrics, /status and /api/series"),
+            Err(e) => tracing::warn!(%addr, error = %e, "HTTP endpoint not started"),
         }
     }
 
@@ -313,6 +318,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         inflight.done(store::InflightLog::CARRIED).map_err(io("updating the in-flight write log"))?;
     }
     let dead_letters = Arc::new(DeadLetterLog::open(&config.data_dir).map_err(io("opening the dead-letter file"))?);
+    metrics.dead_letters_before.store(dead_letters.count_existing(), Ordering::Relaxed);
 
     let embed = EmbedService::start(
         Arc::clone(&embedder),
@@ -383,7 +389,6 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         table: spec.source.table.clone(),
         max_record_bytes: config.max_record_bytes,
     };
-    let progress = Arc::new(SourceProgress::new(config.workers));
     let bar = match &replay {
         Some(r) if r.progress_bar => Some(progress::spawn_bar(Arc::clone(&progress))),
         _ => None,
@@ -458,19 +463,20 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
             };
             gauge.set(total);
         });
-        let probe = timely::dataflow::operators::probe::Handle::<Time>::new();
-        let sink_probe = probe.clone();
+        let probes = StageProbes::default();
+        let probe = probes.sink.clone();
+        let probes_d = probes.clone();
         worker.dataflow::<Time, _, _>(move |scope| {
             let routed = match kafka {
-                Some(k) => kafka_source(scope, k, progress, sink_probe.clone()),
-                None => file_source(scope, opts, progress, sink_probe.clone()),
+                Some(k) => kafka_source(scope, k, progress, probes_d.sink.clone()),
+                None => file_source(scope, opts, progress, probes_d.sink.clone()),
             };
             crate::dataflow::pipeline::build(
                 routed,
                 shape,
                 init,
                 move |activator| RuntimeWriter::start(shared, &handle, activator),
-                &sink_probe,
+                &probes_d,
                 sizes,
             );
         });
@@ -482,7 +488,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
             worker.step_or_park(Some(Duration::from_millis(20)));
             if index % workers_per_process == 0 && last_lag_update.elapsed() >= Duration::from_millis(100) {
                 last_lag_update = Instant::now();
-                let pending = update_lag(&metrics_w, &progress_w, probe.with_frontier(|f| f.first().copied()));
+                let pending = update_lag(&metrics_w, &progress_w, &probes);
                 if pending {
                     activity_w.last_busy_ms.store(now_ms(), Ordering::Relaxed);
                 }
@@ -495,7 +501,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
             }
         }
         if index % workers_per_process == 0 {
-            let _ = update_lag(&metrics_w, &progress_w, None);
+            let _ = update_lag(&metrics_w, &progress_w, &probes);
         }
     })
     .map_err(RuntimeError::Dataflow)?;
@@ -541,15 +547,37 @@ fn points_written(t: &Tally) -> u64 {
 }
 
 /// Frontier lag: now − sink frontier while work is pending (the source frontier is ahead of
-/// the sink frontier), 0 when caught up. Returns whether work is pending.
-fn update_lag(metrics: &Metrics, progress: &SourceProgress, sink_frontier: Option<Time>) -> bool {
+/// the sink frontier), 0 when caught up; and each stage's frontier. Returns whether work is
+/// pending.
+fn update_lag(metrics: &Metrics, progress: &SourceProgress, probes: &StageProbes) -> bool {
+    use crate::telemetry::metrics::StageLabel;
     metrics.sync_received(progress.records.load(Ordering::Relaxed));
     metrics.sync_commits(progress.commits.load(Ordering::Relaxed), progress.commit_failures.load(Ordering::Relaxed));
+    let first = |p: &timely::dataflow::operators::probe::Handle<Time>| p.with_frontier(|f| f.first().copied());
     let source = progress.frontier_ms();
+    let (decode, state, sink) = (first(&probes.decode), first(&probes.state), first(&probes.sink));
+    // The embed stage holds the times whose vectors are being resolved; with none, it is
+    // as far as the state (and never behind the sink).
+    let embed = match (metrics.embedding_frontier(), state) {
+        (Some(e), Some(s)) => Some(e.min(s)),
+        (e, s) => e.or(s),
+    }
+    .map(|e| sink.map_or(e, |k| e.max(k)));
+    let stage = |name: &'static str, f: Option<Time>| {
+        // 0 before a reader starts; u64::MAX (no frontier) once everything is read.
+        if let Some(f) = f.filter(|f| *f > 0 && *f != u64::MAX) {
+            metrics.stage_frontier_ms.get_or_create(&StageLabel { stage: name }).set(f as i64);
+        }
+    };
+    stage("source", Some(source));
+    stage("decode", decode);
+    stage("state", state);
+    stage("embed", embed);
+    stage("sink", sink);
     if source != u64::MAX {
         metrics.source_frontier_ms.set(source as i64);
     }
-    let (lag, pending) = match sink_frontier {
+    let (lag, pending) = match sink {
         Some(sink) => {
             metrics.sink_frontier_ms.set(sink as i64);
             // The source stamps its next records at or after `source - 1`: a sink frontier

@@ -111,6 +111,11 @@ impl DeadLetterLog {
         &self.path
     }
 
+    /// Entries in the file (lines), as counted now.
+    pub fn count_existing(&self) -> u64 {
+        std::fs::read(&self.path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+    }
+
     /// Append entries and flush them to disk.
     pub fn append(&self, entries: &[DeadLetter]) -> std::io::Result<()> {
         let mut buf = Vec::new();

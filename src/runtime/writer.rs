@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use timely::scheduling::SyncActivator;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::store::{DeadLetterLog, TombstoneLog};
@@ -51,6 +52,7 @@ pub type WrittenHook = Arc<dyn Fn(Vec<crate::model::DocId>) + Send + Sync>;
 pub struct RuntimeWriter {
     tx: mpsc::UnboundedSender<(Time, WriteBatch)>,
     acked: Arc<Mutex<VecDeque<Acked>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl RuntimeWriter {
@@ -63,17 +65,22 @@ impl RuntimeWriter {
         handle.spawn(async move {
             while let Some((time, batch)) = rx.recv().await {
                 let s = Arc::clone(&s1);
-                let h = tokio::spawn(async move { resolve(&s, time, batch).await });
+                let h = tokio::spawn(async move {
+                    let r = resolve(&s, time, batch).await;
+                    s.metrics.embedding_done(time);
+                    r
+                });
                 if rtx.send(h).await.is_err() {
                     return;
                 }
             }
         });
+        let metrics = Arc::clone(&shared.metrics);
         let s2 = shared;
         let acked2 = Arc::clone(&acked);
         handle.spawn(async move {
             while let Some(h) = rrx.recv().await {
-                let resolved = match h.await {
+                let mut resolved = match h.await {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::error!(error = %e, "vector resolution task failed; stopping this worker's writer");
@@ -81,21 +88,25 @@ impl RuntimeWriter {
                     }
                 };
                 let time = resolved.time;
+                let commits = std::mem::take(&mut resolved.batch.applied_commits);
                 let tally = write(&s2, resolved).await;
                 s2.metrics.record_acked(&tally);
+                s2.metrics.record_searchable(time, &commits);
                 if let Ok(mut q) = acked2.lock() {
                     q.push_back(Acked { time, tally });
                 }
                 let _ = activator.activate();
             }
         });
-        Self { tx, acked }
+        Self { tx, acked, metrics }
     }
 }
 
 impl IndexWriter for RuntimeWriter {
     fn submit(&mut self, time: Time, batch: WriteBatch) {
+        self.metrics.embedding_started(time);
         if self.tx.send((time, batch)).is_err() {
+            self.metrics.embedding_done(time);
             tracing::error!(time, "writer stopped; the time stays unacknowledged");
         }
     }
@@ -144,7 +155,7 @@ async fn resolve(s: &WriterShared, time: Time, batch: WriteBatch) -> Resolved {
     let to_embed: Vec<(ContentHash, String)> = needed.into_iter().filter(|(h, _)| !vectors.contains_key(h)).collect();
     let mut failed = HashMap::new();
     if !to_embed.is_empty() {
-        for (h, r) in s.embed.embed(to_embed).await {
+        for (h, r) in s.embed.embed(time, to_embed).await {
             match r {
                 Ok(v) => {
                     vectors.insert(h, v);
@@ -341,8 +352,15 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
         }
     }
     if !dead.is_empty() {
-        if let Err(e) = s.dead_letters.append(&dead) {
-            tracing::error!(error = %e, count = dead.len(), "could not write the dead-letter file");
+        match s.dead_letters.append(&dead) {
+            Ok(()) => {
+                s.metrics.dead_letters.inc_by(dead.len() as u64);
+            }
+            Err(e) => tracing::error!(error = %e, count = dead.len(), "could not write the dead-letter file"),
+        }
+        for d in &dead {
+            let doc = d.doc_id.as_deref().unwrap_or("-");
+            s.metrics.record_error("dead_letter", format!("{} ({}, doc {doc}): {}", d.reason, d.stage, d.error));
         }
     }
     tally
@@ -352,17 +370,43 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
 /// sink asked for) for as long as it takes: the time stays unacknowledged meanwhile, so
 /// the frontier — and the lag — show the outage. Returns the permanent error, if any.
 async fn apply_with_retry(s: &WriterShared, time: Time, ops: Vec<SinkOp>) -> Result<(), SinkError> {
+    let points: usize = ops
+        .iter()
+        .map(|op| match op {
+            SinkOp::Upsert(p) => p.len(),
+            SinkOp::SetPayload { ids, .. } | SinkOp::Delete(ids) => ids.len(),
+        })
+        .sum();
+    // A sink write covers one dataflow time: the range is that time.
+    let span = tracing::debug_span!(
+        "sink_batch",
+        points,
+        ops = ops.len(),
+        time_from = time,
+        time_to = time,
+        attempts = tracing::field::Empty
+    );
     let mut backoff = Duration::from_millis(100);
+    let mut attempts = 0u32;
     loop {
+        attempts += 1;
+        span.record("attempts", attempts);
         let sink = Arc::clone(&s.sink);
         let ops_now = ops.clone();
+        let started = std::time::Instant::now();
         let res = tokio::task::spawn_blocking(move || sink.apply(ops_now))
+            .instrument(span.clone())
             .await
             .unwrap_or_else(|e| Err(SinkError::Transient(format!("sink task failed: {e}"))));
+        s.metrics.sink_write_latency.observe(started.elapsed().as_secs_f64());
         match res {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                s.metrics.sink_batch_points.observe(points as f64);
+                return Ok(());
+            }
             Err(e) if e.is_transient() => {
                 s.metrics.retries.inc();
+                s.metrics.record_error("sink", format!("write failed, retrying: {e}"));
                 let jittered = backoff.mul_f64(rand::random_range(0.5..1.0));
                 let wait = jittered.max(e.retry_after().unwrap_or_default());
                 tracing::warn!(time, error = %e, retry_in_ms = wait.as_millis() as u64, "sink write failed; retrying");

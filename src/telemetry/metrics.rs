@@ -1,5 +1,8 @@
-//! Counters and gauges of a running pipeline, in one registry (prometheus-client).
+//! Counters, gauges and histograms of a running pipeline, in one registry
+//! (prometheus-client), beside what `/status` and the dashboard need that Prometheus text
+//! does not carry: windowed latency percentiles, the last errors, the times being embedded.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
@@ -7,9 +10,69 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::dataflow::Tally;
+use super::window::LatencyWindow;
+use crate::dataflow::{Tally, Time};
+use crate::source::now_ms;
+
+/// Label of a pipeline stage's frontier.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    /// `source`, `decode`, `state`, `embed`, `sink`.
+    pub stage: &'static str,
+}
+
+/// The stages whose frontiers are reported, in pipeline order.
+pub const STAGES: [&str; 5] = ["source", "decode", "state", "embed", "sink"];
+
+/// Label of a Kafka partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    /// Topic.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+}
+
+/// Label of an embedder error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorKindLabel {
+    /// `transient` (retried) or `permanent` (dead-lettered).
+    pub kind: &'static str,
+}
+
+/// Labels of the build-info gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    /// freshet's version.
+    pub version: String,
+    /// The embedding model id.
+    pub model_id: String,
+}
+
+/// An error worth showing an operator (`/status`, the dashboard).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RecentError {
+    /// When (ms since epoch).
+    pub at_ms: u64,
+    /// `sink`, `embed`, `source`, `dead_letter`, `commit`.
+    pub kind: &'static str,
+    /// What happened.
+    pub message: String,
+}
+
+/// Errors kept for `/status`.
+const RECENT_ERRORS: usize = 20;
+
+fn exponential(start: f64, factor: f64, n: u16) -> impl Iterator<Item = f64> {
+    (0..n).map(move |i| start * factor.powi(i32::from(i)))
+}
+
+/// Latency buckets (seconds): 10 ms to an hour.
+const LATENCY_BUCKETS: [f64; 17] =
+    [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
 
 /// Label of an event outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,7 +126,52 @@ pub struct Metrics {
     pub state_documents: Gauge,
     /// Their chunks: the points the collection holds once caught up.
     pub state_chunks: Gauge,
+    /// Each stage's frontier (ms since epoch).
+    pub stage_frontier_ms: Family<StageLabel, Gauge>,
+    /// Per applied change: source commit (`source.ts_ms`) to the sink's acknowledgement.
+    pub commit_to_searchable: Histogram,
+    /// Per applied change: ingestion to the sink's acknowledgement.
+    pub ingest_to_searchable: Histogram,
+    /// Applied changes without a source commit time (not in `commit_to_searchable`).
+    pub changes_without_commit_time: Counter,
+    /// Records behind the high watermark, per partition.
+    pub backlog_records: Family<PartitionLabel, Gauge>,
+    /// Estimated seconds to read the backlog at the current rate, per partition.
+    pub backlog_seconds: Family<PartitionLabel, Gauge<f64, AtomicU64>>,
+    /// Texts waiting for an embedding batch.
+    pub embed_queue_depth: Gauge,
+    /// Texts per embedding batch.
+    pub embed_batch_texts: Histogram,
+    /// Tokens per embedding batch.
+    pub embed_batch_tokens: Histogram,
+    /// Time an embedding batch takes (seconds, retries included).
+    pub embed_latency: Histogram,
+    /// Embedder errors by kind.
+    pub embed_errors: Family<ErrorKindLabel, Counter>,
+    /// Vectors found in the embedding cache.
+    pub embed_cache_hits: Counter,
+    /// Vectors not in the embedding cache.
+    pub embed_cache_misses: Counter,
+    /// hits / (hits + misses) so far.
+    pub embed_cache_hit_ratio: Gauge<f64, AtomicU64>,
+    /// Time a sink write takes (seconds, per attempt).
+    pub sink_write_latency: Histogram,
+    /// Points per sink write.
+    pub sink_batch_points: Histogram,
+    /// Dead letters written by this process.
+    pub dead_letters: Counter,
+    /// Resident memory of the process (bytes).
+    pub resident_memory_bytes: Gauge,
+    /// Always 1, labelled with the version and model id.
+    pub build_info: Family<BuildLabel, Gauge>,
     totals: Mutex<Tally>,
+    commit_window: Mutex<LatencyWindow>,
+    ingest_window: Mutex<LatencyWindow>,
+    errors: Mutex<VecDeque<RecentError>>,
+    /// Times whose vectors are being resolved, with how many writers hold each.
+    embedding: Mutex<BTreeMap<Time, usize>>,
+    /// Dead letters in the file when the process started.
+    pub dead_letters_before: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -126,6 +234,95 @@ impl Metrics {
         );
         registry.register("source_frontier_ms", "Source frontier (ms since epoch)", source_frontier_ms.clone());
         registry.register("sink_frontier_ms", "Sink frontier (ms since epoch)", sink_frontier_ms.clone());
+        let stage_frontier_ms = Family::<StageLabel, Gauge>::default();
+        registry.register(
+            "stage_frontier_ms",
+            "Frontier of each pipeline stage: source, decode, state, embed, sink (ms since epoch)",
+            stage_frontier_ms.clone(),
+        );
+        let commit_to_searchable = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "commit_to_searchable_seconds",
+            "Per applied change: source commit time (source.ts_ms) to the sink's acknowledgement",
+            commit_to_searchable.clone(),
+        );
+        let ingest_to_searchable = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "ingest_to_searchable_seconds",
+            "Per applied change: ingestion to the sink's acknowledgement",
+            ingest_to_searchable.clone(),
+        );
+        let changes_without_commit_time = Counter::default();
+        registry.register(
+            "changes_without_commit_time",
+            "Applied changes without a source commit time (not in commit_to_searchable_seconds)",
+            changes_without_commit_time.clone(),
+        );
+        let backlog_records = Family::<PartitionLabel, Gauge>::default();
+        registry.register(
+            "kafka_backlog_records",
+            "Records behind the partition's high watermark",
+            backlog_records.clone(),
+        );
+        let backlog_seconds = Family::<PartitionLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "kafka_backlog_seconds",
+            "Estimated seconds to read the partition's backlog at the current read rate (+Inf when stalled)",
+            backlog_seconds.clone(),
+        );
+        let embed_queue_depth = Gauge::default();
+        registry.register("embed_queue_depth", "Texts waiting for an embedding batch", embed_queue_depth.clone());
+        let embed_batch_texts = Histogram::new(exponential(1.0, 2.0, 11));
+        registry.register("embed_batch_texts", "Texts per embedding batch", embed_batch_texts.clone());
+        let embed_batch_tokens = Histogram::new(exponential(64.0, 2.0, 12));
+        registry.register("embed_batch_tokens", "Tokens per embedding batch", embed_batch_tokens.clone());
+        let embed_latency = Histogram::new(exponential(0.005, 2.0, 14));
+        registry.register(
+            "embed_latency_seconds",
+            "Time an embedding batch takes, retries included",
+            embed_latency.clone(),
+        );
+        let embed_errors = Family::<ErrorKindLabel, Counter>::default();
+        registry.register(
+            "embed_errors",
+            "Embedder errors: transient (retried) and permanent (dead-lettered)",
+            embed_errors.clone(),
+        );
+        let embed_cache_hits = Counter::default();
+        registry.register("embed_cache_hits", "Vectors found in the embedding cache", embed_cache_hits.clone());
+        let embed_cache_misses = Counter::default();
+        registry.register("embed_cache_misses", "Vectors not in the embedding cache", embed_cache_misses.clone());
+        let embed_cache_hit_ratio = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "embed_cache_hit_ratio",
+            "Embedding cache hits / (hits + misses) since start",
+            embed_cache_hit_ratio.clone(),
+        );
+        let sink_write_latency = Histogram::new(exponential(0.001, 2.0, 16));
+        registry.register(
+            "sink_write_latency_seconds",
+            "Time one sink write takes (per attempt)",
+            sink_write_latency.clone(),
+        );
+        let sink_batch_points = Histogram::new(exponential(1.0, 2.0, 14));
+        registry.register("sink_batch_points", "Points per sink write", sink_batch_points.clone());
+        let dead_letters = Counter::default();
+        registry.register("dead_letters", "Dead letters written by this process", dead_letters.clone());
+        let resident_memory_bytes = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the process",
+            resident_memory_bytes.clone(),
+        );
+        // Series that exist from the start at 0, so that rates and alerts have a baseline.
+        for kind in ["transient", "permanent"] {
+            let _ = embed_errors.get_or_create(&ErrorKindLabel { kind });
+        }
+        for outcome in ["content", "metadata", "delete", "noop", "superseded", "dead_lettered"] {
+            let _ = events.get_or_create(&OutcomeLabel { outcome });
+        }
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        registry.register("build_info", "Version and embedding model (always 1)", build_info.clone());
         Self {
             registry,
             received,
@@ -142,8 +339,135 @@ impl Metrics {
             offset_commits,
             state_documents,
             state_chunks,
+            stage_frontier_ms,
+            commit_to_searchable,
+            ingest_to_searchable,
+            changes_without_commit_time,
+            backlog_records,
+            backlog_seconds,
+            embed_queue_depth,
+            embed_batch_texts,
+            embed_batch_tokens,
+            embed_latency,
+            embed_errors,
+            embed_cache_hits,
+            embed_cache_misses,
+            embed_cache_hit_ratio,
+            sink_write_latency,
+            sink_batch_points,
+            dead_letters,
+            resident_memory_bytes,
+            build_info,
             totals: Mutex::new(Tally::default()),
+            commit_window: Mutex::new(LatencyWindow::default()),
+            ingest_window: Mutex::new(LatencyWindow::default()),
+            errors: Mutex::new(VecDeque::new()),
+            embedding: Mutex::new(BTreeMap::new()),
+            dead_letters_before: AtomicU64::new(0),
         }
+    }
+
+    /// Set the build-info gauge.
+    pub fn set_build_info(&self, model_id: &str) {
+        self.build_info
+            .get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION").into(), model_id: model_id.into() })
+            .set(1);
+    }
+
+    /// Record the changes applied at `time` as acknowledged now: one observation per change
+    /// in both latency histograms (the commit one only for changes with a commit time).
+    pub fn record_searchable(&self, time: Time, commits: &[Option<u64>]) {
+        let now = now_ms();
+        let now_s = now / 1000;
+        let ingest = now.saturating_sub(time) as f64 / 1000.0;
+        let mut without = 0;
+        for c in commits {
+            self.ingest_to_searchable.observe(ingest);
+            match c {
+                Some(c) => {
+                    let v = now.saturating_sub(*c) as f64 / 1000.0;
+                    self.commit_to_searchable.observe(v);
+                    if let Ok(mut w) = self.commit_window.lock() {
+                        w.observe(now_s, v);
+                    }
+                }
+                None => without += 1,
+            }
+        }
+        if !commits.is_empty() {
+            if let Ok(mut w) = self.ingest_window.lock() {
+                for _ in commits {
+                    w.observe(now_s, ingest);
+                }
+            }
+        }
+        if without > 0 {
+            self.changes_without_commit_time.inc_by(without);
+        }
+    }
+
+    /// Commit→searchable percentiles over the last `window_s` seconds.
+    pub fn commit_percentiles(&self, window_s: u64) -> super::window::Percentiles {
+        self.commit_window.lock().map(|w| w.percentiles(now_ms() / 1000, window_s)).unwrap_or_default()
+    }
+
+    /// Ingestion→searchable percentiles over the last `window_s` seconds.
+    pub fn ingest_percentiles(&self, window_s: u64) -> super::window::Percentiles {
+        self.ingest_window.lock().map(|w| w.percentiles(now_ms() / 1000, window_s)).unwrap_or_default()
+    }
+
+    /// Remember an error for `/status` (the newest [`RECENT_ERRORS`]).
+    pub fn record_error(&self, kind: &'static str, message: impl std::fmt::Display) {
+        if let Ok(mut q) = self.errors.lock() {
+            if q.len() == RECENT_ERRORS {
+                q.pop_front();
+            }
+            q.push_back(RecentError { at_ms: now_ms(), kind, message: message.to_string() });
+        }
+    }
+
+    /// The last errors, newest first.
+    pub fn recent_errors(&self) -> Vec<RecentError> {
+        self.errors.lock().map(|q| q.iter().rev().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Record embedding-cache lookups.
+    pub fn record_cache(&self, hits: u64, misses: u64) {
+        self.embed_cache_hits.inc_by(hits);
+        self.embed_cache_misses.inc_by(misses);
+        let (h, m) = (self.embed_cache_hits.get(), self.embed_cache_misses.get());
+        if h + m > 0 {
+            self.embed_cache_hit_ratio.set(h as f64 / (h + m) as f64);
+        }
+    }
+
+    /// A writer starts resolving the vectors of `time`.
+    pub fn embedding_started(&self, time: Time) {
+        if let Ok(mut g) = self.embedding.lock() {
+            *g.entry(time).or_default() += 1;
+        }
+    }
+
+    /// A writer has resolved the vectors of `time`.
+    pub fn embedding_done(&self, time: Time) {
+        if let Ok(mut g) = self.embedding.lock() {
+            if let Some(n) = g.get_mut(&time) {
+                *n -= 1;
+                if *n == 0 {
+                    g.remove(&time);
+                }
+            }
+        }
+    }
+
+    /// The oldest time whose vectors are being resolved in this process.
+    pub fn embedding_frontier(&self) -> Option<Time> {
+        self.embedding.lock().ok().and_then(|g| g.keys().next().copied())
+    }
+
+    /// Dead letters in the file: those there at start and those written since.
+    pub fn dead_letters_in_file(&self) -> u64 {
+        self.dead_letters_before.load(std::sync::atomic::Ordering::Relaxed) + self.dead_letters.get()
     }
 
     /// Record an acknowledged time's tally.
@@ -215,12 +539,23 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
+        if let Some(rss) = resident_memory_bytes() {
+            self.resident_memory_bytes.set(rss as i64);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
     }
+}
+
+/// The process's resident memory (`VmRSS` in `/proc/self/status`), where Linux tells it.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// The counters as the one-line JSON summary `run --until-end` prints.

@@ -435,3 +435,25 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
         .and_then(|l| l.split_whitespace().last()?.parse().ok())
 }
+
+/// `GET path` on loopback with an optional bearer token: (status code, body).
+pub fn http_get(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n").as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// The value of every sample of `name` (any labels) summed.
+pub fn metric_sum(text: &str, name_with_brace: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name_with_brace))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}

@@ -89,6 +89,22 @@ impl Emulator {
         }
     }
 
+    /// Freeze the process (SIGSTOP): connections stay open, requests hang unanswered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Let a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("a running emulator").id();
+        let ok = Command::new("kill").arg(sig).arg(pid.to_string()).status().expect("kill").success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     /// Start again on the same port and data (after [`Emulator::kill`]). Retries while the
     /// port is still held by the dead process's sockets.
     pub fn restart(&mut self) {

@@ -100,6 +100,7 @@ pub fn process_time(
 ) -> Vec<StateOut> {
     items.sort_by_key(|r| position_of(&r.item));
     let mut tally = Tally::default();
+    let mut applied: Vec<Option<u64>> = Vec::new();
     let mut out = Vec::new();
     let mut by_doc: BTreeMap<&DocId, Vec<&DocChange>> = BTreeMap::new();
     let mut truncates: Vec<(u64, Version)> = Vec::new();
@@ -109,10 +110,11 @@ pub fn process_time(
         }
         match &r.item {
             Ingested::Record(SourceRecord::Doc(c)) => by_doc.entry(&c.doc_id).or_default().push(c),
-            Ingested::Record(SourceRecord::Truncate { version, position, .. }) => {
+            Ingested::Record(SourceRecord::Truncate { version, position, commit_ts_ms }) => {
                 truncates.push((*position, *version));
                 if r.counted {
                     tally.deleted += 1;
+                    applied.push(*commit_ts_ms);
                 }
             }
             Ingested::Skipped { .. } => tally.noop += 1,
@@ -149,9 +151,18 @@ pub fn process_time(
                     local_trunc = Some(local_trunc.map_or(v, |t| t.max(v)));
                 }
                 Event::Change(c) => match shape.apply(&mut cur, &mut pending, c, local_trunc) {
-                    Outcome::Applied(ChangeClass::Content) => tally.content += 1,
-                    Outcome::Applied(ChangeClass::MetadataOnly) => tally.metadata += 1,
-                    Outcome::Applied(ChangeClass::Delete) => tally.deleted += 1,
+                    Outcome::Applied(ChangeClass::Content) => {
+                        tally.content += 1;
+                        applied.push(c.commit_ts_ms);
+                    }
+                    Outcome::Applied(ChangeClass::MetadataOnly) => {
+                        tally.metadata += 1;
+                        applied.push(c.commit_ts_ms);
+                    }
+                    Outcome::Applied(ChangeClass::Delete) => {
+                        tally.deleted += 1;
+                        applied.push(c.commit_ts_ms);
+                    }
                     Outcome::Applied(ChangeClass::NoOp) | Outcome::Duplicate => tally.noop += 1,
                     Outcome::Superseded => tally.superseded += 1,
                     Outcome::Rejected(r) => {
@@ -192,6 +203,9 @@ pub fn process_time(
     }
     if size_delta != (0, 0) {
         out.push(StateOut::Size { documents: size_delta.0, chunks: size_delta.1 });
+    }
+    if !applied.is_empty() {
+        out.push(StateOut::Applied(applied));
     }
     out.push(StateOut::Tally(tally));
     out

@@ -25,6 +25,8 @@ pub struct WriteBatch {
     pub tally: Tally,
     /// Newest table truncate seen at this time.
     pub truncated_at: Option<crate::model::Version>,
+    /// Source commit times of the changes applied at this time (one per applied change).
+    pub applied_commits: Vec<Option<u64>>,
 }
 
 /// A time whose writes are durable in the sink.
@@ -101,6 +103,7 @@ impl<'scope> WriteIndexExt<'scope> for Stream<'scope, Time, Vec<StateOut>> {
                                 StateOut::Write(w) => entry.1.writes.push(w),
                                 StateOut::Dead(d) => entry.1.dead.push(d),
                                 StateOut::Tally(t) => entry.1.tally.add(&t),
+                                StateOut::Applied(c) => entry.1.applied_commits.extend(c),
                                 StateOut::Size { .. } => {}
                                 StateOut::Truncated(v) => {
                                     entry.1.truncated_at = Some(entry.1.truncated_at.map_or(v, |x| x.max(v)));

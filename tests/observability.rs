@@ -1,0 +1,478 @@
+//! What freshet tells operators about freshness, checked on running pipelines:
+//! - the frontier lag reads 0 within 2 s of going idle, grows by the wall-clock time the
+//!   sink is blocked (the Qdrant emulator frozen with SIGSTOP), and returns to 0 after;
+//! - the commit→searchable histogram counts every applied change once, with values that
+//!   agree with the commit times in the input;
+//! - the endpoints want the bearer token when one is set, and `freshet status` renders;
+//! - the dashboard loads in headless Chromium with data in every chart (screenshot saved);
+//! - the Prometheus rules and config pass `promtool`, and every metric they (and the
+//!   Grafana dashboard) use exists.
+//!
+//! Chromium and promtool come from `scripts/setup-test-tools` (called by `scripts/test`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use support::qdrant::{qdrant_config, with_qdrant_sink, Emulator};
+use support::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Append `events` to `path` with their source commit time set `age_ms` before now.
+fn append_committed(path: &Path, events: &[Ev], age_ms: u64) {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    for e in events {
+        let mut v: Value = serde_json::from_str(&e.to_json()).unwrap();
+        let commit = now_ms() - age_ms;
+        if v.is_object() {
+            v["source"]["ts_ms"] = commit.into();
+            v["ts_ms"] = (commit + 1).into();
+        }
+        writeln!(f, "{v}").unwrap();
+    }
+}
+
+fn applied(m: &str) -> f64 {
+    ["content", "metadata", "delete"]
+        .iter()
+        .map(|o| metric(m, &format!("freshet_events_total{{outcome=\"{o}\"}}")).unwrap_or(0.0))
+        .sum()
+}
+
+/// Poll `/metrics` until every received record is acknowledged (`received` of them).
+/// Returns the metrics text and when that was first seen.
+fn wait_acknowledged(port: u16, received: usize, within: Duration) -> (String, Instant) {
+    let start = Instant::now();
+    loop {
+        let m = get_metrics(port).unwrap_or_default();
+        let got = metric(&m, "freshet_events_received_total").unwrap_or(0.0) as usize;
+        let acked = metric_sum(&m, "freshet_events_total{") as usize;
+        if got == received && acked == received {
+            return (m, Instant::now());
+        }
+        assert!(start.elapsed() < within, "not acknowledged: received {got} of {received}, acknowledged {acked}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn lag(port: u16) -> f64 {
+    metric(&get_metrics(port).unwrap_or_default(), "freshet_frontier_lag_seconds").expect("lag gauge")
+}
+
+/// Wait until the lag reads 0; returns how long that took.
+fn wait_lag_zero(port: u16, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let l = lag(port);
+        if l == 0.0 {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "lag still {l} after {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(child: std::process::Child) {
+    let ok = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(ok.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "freshet did not stop cleanly: {:?}", out.status);
+}
+
+#[test]
+fn lag_is_zero_when_idle_and_grows_by_the_time_the_sink_is_blocked() {
+    let emulator = Emulator::start();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let history = random_history(606, 60, 1200, false);
+    let (first, second) = history.split_at(600);
+    write_events(&input, first);
+    let dataflow = with_qdrant_sink(&test_dataflow(dir.path(), &input));
+    let port = free_port();
+    let config = qdrant_config(dir.path(), 2, &emulator.url(), &format!("metrics_addr = \"127.0.0.1:{port}\""));
+    let child = spawn_run(&dataflow, &config, true);
+
+    // Idle: lag reads 0 within 2 s of the last change being acknowledged.
+    let _ = wait_acknowledged(port, first.len(), Duration::from_secs(60));
+    let to_zero = wait_lag_zero(port, Duration::from_secs(10));
+    assert!(to_zero <= Duration::from_secs(2), "lag took {to_zero:?} to read 0 once idle");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(lag(port), 0.0, "idle lag stays 0");
+
+    // Blocked: the sink is frozen while changes arrive; the lag grows with the wall clock.
+    emulator.pause();
+    let blocked_at = Instant::now();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&input).unwrap();
+    for ev in second {
+        writeln!(f, "{}", ev.to_json()).unwrap();
+    }
+    drop(f);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut samples = Vec::new();
+    for _ in 0..7 {
+        samples.push((blocked_at.elapsed().as_secs_f64(), lag(port)));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    emulator.resume();
+    for w in samples.windows(2) {
+        let ((t0, l0), (t1, l1)) = (w[0], w[1]);
+        let (dl, dt) = (l1 - l0, t1 - t0);
+        assert!((dl - dt).abs() < 0.5, "lag grows by the wall-clock time blocked: {samples:?}");
+    }
+    let (t_last, l_last) = *samples.last().unwrap();
+    assert!(l_last >= t_last - 2.5 && l_last <= t_last + 1.0, "lag {l_last} after {t_last} s blocked: {samples:?}");
+
+    // Unblocked: everything lands and the lag returns to 0.
+    let _ = wait_acknowledged(port, history.len(), Duration::from_secs(90));
+    let to_zero = wait_lag_zero(port, Duration::from_secs(10));
+    assert!(to_zero <= Duration::from_secs(2), "lag took {to_zero:?} to read 0 after unblocking");
+    stop(child);
+    let spec = freshet::config::DataflowSpec::load(&dataflow).unwrap();
+    assert_export_matches(&export(&dataflow, &config, true), &oracle(&spec, &history, "freshet/hash-16", 16).export);
+}
+
+#[test]
+fn commit_to_searchable_counts_every_applied_change_with_the_input_commit_times() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let history = random_history(31, 30, 400, true);
+    let (first, second) = history.split_at(200);
+    // The first half was committed two minutes ago, the second five seconds ago.
+    append_committed(&input, first, 120_000);
+    let dataflow = test_dataflow(dir.path(), &input);
+    let port = free_port();
+    let config = dir.path().join("observe.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "workers = 2\ndata_dir = \"{}\"\nmetrics_addr = \"127.0.0.1:{port}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = spawn_run(&dataflow, &config, true);
+    let (m1, _) = wait_acknowledged(port, first.len(), Duration::from_secs(60));
+    let applied_first = applied(&m1);
+    assert!(applied_first > 50.0, "the first half applies changes ({applied_first})");
+    append_committed(&input, second, 5_000);
+    let (m, _) = wait_acknowledged(port, history.len(), Duration::from_secs(60));
+    let elapsed = started.elapsed().as_secs_f64() + 1.0;
+
+    let total = applied(&m);
+    let applied_second = total - applied_first;
+    let count = metric(&m, "freshet_commit_to_searchable_seconds_count").unwrap();
+    assert_eq!(count, total, "one observation per applied change");
+    assert_eq!(metric(&m, "freshet_ingest_to_searchable_seconds_count").unwrap(), total);
+    assert_eq!(metric(&m, "freshet_changes_without_commit_time_total").unwrap_or(0.0), 0.0);
+    let bucket = |le: &str| metric(&m, &format!("freshet_commit_to_searchable_seconds_bucket{{le=\"{le}\"}}")).unwrap();
+    assert_eq!(bucket("5.0"), 0.0, "nothing was committed less than 5 s before it became searchable");
+    assert_eq!(bucket("60.0"), applied_second, "the second half (5 s old) lands under a minute");
+    assert_eq!(bucket("120.0"), applied_second, "the first half (2 min old) lands above two minutes");
+    let sum = metric(&m, "freshet_commit_to_searchable_seconds_sum").unwrap();
+    let low = applied_first * 120.0 + applied_second * 5.0;
+    let high = applied_first * (120.0 + elapsed) + applied_second * (5.0 + elapsed);
+    assert!(sum >= low && sum <= high, "sum {sum} outside [{low}, {high}]");
+
+    // /status agrees: the percentiles over the last 5 minutes cover the same changes.
+    let (code, body) = http_get(port, "/status", None).unwrap();
+    assert_eq!(code, 200);
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["commit_to_searchable"]["count"].as_f64().unwrap(), total);
+    let p99 = s["commit_to_searchable"]["p99_s"].as_f64().unwrap();
+    let p50 = s["commit_to_searchable"]["p50_s"].as_f64().unwrap();
+    assert!(p99 >= 120.0 && p99 <= (120.0 + elapsed) * 1.05, "p99 {p99}");
+    // Sorted ascending, the second half's (younger) changes come first.
+    let median_rank = (total / 2.0).ceil();
+    if applied_second < median_rank {
+        assert!(p50 >= 120.0, "p50 {p50}");
+    } else {
+        assert!(p50 >= 5.0 && p50 <= (5.0 + elapsed) * 1.05, "p50 {p50}");
+    }
+    stop(child);
+}
+
+/// A pipeline serving HTTP with a token and fed a change every 100 ms for `feed` from a
+/// background thread.
+struct Served {
+    child: Option<std::process::Child>,
+    port: u16,
+    _dir: tempfile::TempDir,
+    feeder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Served {
+    fn start(token: &str, events: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("events.jsonl");
+        let history = random_history(77, 40, events, false);
+        append_committed(&input, &history[..events / 4], 2_000);
+        let dataflow = test_dataflow(dir.path(), &input);
+        let port = free_port();
+        let config = dir.path().join("served.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "workers = 2\ndata_dir = \"{}\"\nmetrics_addr = \"127.0.0.1:{port}\"\nhttp_token = \"{token}\"\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = spawn_run(&dataflow, &config, true);
+        let rest = history[events / 4..].to_vec();
+        let feeder = std::thread::spawn(move || {
+            for chunk in rest.chunks(5) {
+                append_committed(&input, chunk, 1_000);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self { child: Some(child), port, _dir: dir, feeder: Some(feeder) }
+    }
+
+    fn stop(mut self) {
+        if let Some(f) = self.feeder.take() {
+            f.join().unwrap();
+        }
+        stop(self.child.take().unwrap());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn endpoints_want_the_token_and_freshet_status_renders() {
+    let served = Served::start("s3cret-token", 200);
+    let port = served.port;
+    let start = Instant::now();
+    while http_get(port, "/status", Some("s3cret-token")).is_none_or(|(c, _)| c != 200) {
+        assert!(start.elapsed() < Duration::from_secs(30), "endpoint never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for path in ["/", "/metrics", "/status", "/api/series"] {
+        assert_eq!(http_get(port, path, None).unwrap().0, 401, "{path} without a token");
+        assert_eq!(http_get(port, path, Some("wrong-token!")).unwrap().0, 401, "{path} with a wrong token");
+        assert_eq!(http_get(port, path, Some("s3cret-token")).unwrap().0, 200, "{path} with the token");
+    }
+    assert_eq!(http_get(port, "/status?token=s3cret-token", None).unwrap().0, 200, "?token= for the page");
+    let (_, page) = http_get(port, "/", Some("s3cret-token")).unwrap();
+    assert!(
+        page.contains("chart-lag") && !page.contains("http://") && !page.contains("https://"),
+        "self-contained page"
+    );
+
+    let url = format!("http://127.0.0.1:{port}");
+    let out = freshet().args(["status", "--url", &url, "--token", "s3cret-token"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "freshet status failed: {}", String::from_utf8_lossy(&out.stderr));
+    for want in ["lag ", "commit→searchable", "rates ", "backlog ", "dead letters 0 in the file", "last errors"] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let out = freshet().args(["status", "--url", &url]).env_remove("FRESHET_HTTP_TOKEN").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        freshet().args(["status", "--json", "--url", &url]).env("FRESHET_HTTP_TOKEN", "s3cret-token").output().unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(s["lag_s"].is_number() && s["totals"]["received"].as_u64().unwrap() > 0, "{s}");
+    served.stop();
+}
+
+fn chromium() -> PathBuf {
+    let bin = std::env::var_os("FRESHET_CHROMIUM").map_or_else(|| PathBuf::from("chromium"), PathBuf::from);
+    let ok = std::process::Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(ok, "{} not found: run scripts/setup-test-tools (or set FRESHET_CHROMIUM)", bin.display());
+    bin
+}
+
+fn chromium_run(url: &str, extra: &[&str]) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    std::process::Command::new(chromium())
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        .args(["--window-size=1440,1000", "--virtual-time-budget=4000", "--hide-scrollbars"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_dashboard_shows_live_charts_in_headless_chromium() {
+    let served = Served::start("dash-token", 400);
+    let port = served.port;
+    // Let a few seconds of samples with changes in them accumulate.
+    let start = Instant::now();
+    loop {
+        let (code, body) = http_get(port, "/api/series", Some("dash-token")).unwrap_or((0, String::new()));
+        let series: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let samples = series["samples"].as_array().cloned().unwrap_or_default();
+        let with_latency = samples.iter().filter(|s| s["p95_s"].is_number()).count();
+        if code == 200 && samples.len() >= 5 && with_latency >= 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "series never filled: {body}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let url = format!("http://127.0.0.1:{port}/?token=dash-token");
+    let out = chromium_run(&url, &["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && dom.contains("chart-lag"),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for chart in ["chart-lag", "chart-latency", "chart-rates", "chart-backlog", "chart-stages"] {
+        let tag = dom.split(&format!("id=\"{chart}\"")).nth(1).and_then(|r| r.split('>').next()).unwrap_or_default();
+        let points: u64 = tag
+            .split("data-points=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(points > 0, "{chart} has no data: <canvas id=\"{chart}\"{tag}>");
+    }
+    let samples: u64 =
+        dom.split("data-samples=\"").nth(1).and_then(|r| r.split('"').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(samples >= 5, "the page holds {samples} samples");
+    let updated: u64 =
+        dom.split("data-updated=\"").nth(1).and_then(|r| r.split('"').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(updated > 0, "the page's requests succeeded with the token from its URL");
+
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = chromium_run(&url, &[&format!("--screenshot={}", shot.display())]);
+    assert!(out.status.success(), "screenshot failed: {}", String::from_utf8_lossy(&out.stderr));
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "screenshot of {} bytes", png.len());
+    eprintln!("dashboard screenshot: {}", shot.display());
+    served.stop();
+}
+
+fn promtool() -> PathBuf {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/promtool");
+    let bin = if local.exists() { local } else { PathBuf::from("promtool") };
+    let ok = std::process::Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(ok, "promtool not found: run scripts/setup-test-tools");
+    bin
+}
+
+#[test]
+fn prometheus_rules_and_grafana_dashboard_check_and_use_real_metrics() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/observability");
+    for args in [["check", "rules", "alerts.yml"], ["check", "config", "prometheus.yml"]] {
+        let out = std::process::Command::new(promtool()).args(args).current_dir(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+    for alert in [
+        "FreshetCommitToSearchableSLO",
+        "FreshetDeadLettersGrowing",
+        "FreshetEmbedderErrors",
+        "FreshetLagNotReturningToZero",
+    ] {
+        assert!(rules.contains(&format!("alert: {alert}")), "alerts.yml lacks {alert}");
+    }
+    // Every metric the rules and the Grafana dashboard query is one freshet exports.
+    // (The per-partition backlog exists once a Kafka source has partitions.)
+    let metrics = freshet::telemetry::metrics::Metrics::new();
+    let partition = freshet::telemetry::metrics::PartitionLabel { topic: "t".into(), partition: 0 };
+    metrics.backlog_records.get_or_create(&partition).set(0);
+    metrics.backlog_seconds.get_or_create(&partition).set(0.0);
+    // (Stage frontiers exist once the dataflow runs.)
+    metrics.stage_frontier_ms.get_or_create(&freshet::telemetry::metrics::StageLabel { stage: "sink" }).set(1);
+    let exported = metrics.encode();
+    let grafana_text = std::fs::read_to_string(dir.join("grafana-dashboard.json")).unwrap();
+    let grafana: Value = serde_json::from_str(&grafana_text).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    for text in [&rules, &grafana_text] {
+        for part in text.split("freshet_").skip(1) {
+            let name: String = part.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            used.insert(name);
+        }
+    }
+    for name in &used {
+        let base =
+            ["_bucket", "_count", "_sum", "_total"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(exported.contains(&format!("# TYPE freshet_{base} ")), "freshet_{name} is queried but not exported");
+    }
+    assert!(used.len() >= 8, "{used:?}");
+    // The Grafana dashboard has the live page's charts.
+    let titles: Vec<&str> = grafana["panels"].as_array().unwrap().iter().filter_map(|p| p["title"].as_str()).collect();
+    let page = include_str!("../src/telemetry/dashboard.html");
+    for title in [
+        "Frontier lag",
+        "Commit → searchable (p50/p95/p99)",
+        "Event and embedding rates",
+        "Broker backlog per partition",
+        "Stage frontiers (seconds behind now)",
+    ] {
+        assert!(titles.contains(&title), "grafana lacks the panel {title:?}: {titles:?}");
+        let on_page = title.replace("p50/p95/p99", "p50 / p95 / p99");
+        assert!(page.contains(&format!("<h2>{on_page}")), "the page lacks the chart {on_page:?}");
+    }
+}
+
+#[test]
+fn json_logs_carry_one_span_per_embedding_batch_and_sink_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let history = random_history(12, 20, 150, false);
+    write_events(&input, &history);
+    let dataflow = test_dataflow(dir.path(), &input);
+    let config = test_config(dir.path(), 2);
+    let out = freshet()
+        .args(["--log-json", "run", "--until-end", "--dataflow"])
+        .arg(&dataflow)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info,freshet=debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let spans: Vec<Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "close")
+        .map(|v| v["span"].clone())
+        .collect();
+    let named = |n: &str| spans.iter().filter(|s| s["name"] == n).cloned().collect::<Vec<_>>();
+    let (embeds, writes) = (named("embed_batch"), named("sink_batch"));
+    let texts: u64 = embeds.iter().map(|s| s["texts"].as_u64().unwrap()).sum();
+    assert_eq!(texts, summary["chunks_embedded"].as_u64().unwrap(), "every embedded chunk is in one batch span");
+    let points: u64 = writes.iter().map(|s| s["points"].as_u64().unwrap()).sum();
+    let written = ["points_upserted", "points_payload_updated", "points_deleted"]
+        .iter()
+        .map(|k| summary[k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(points, written, "every written point is in one sink span");
+    for s in embeds.iter().chain(&writes) {
+        let (from, to) = (s["time_from"].as_u64().unwrap(), s["time_to"].as_u64().unwrap());
+        assert!(from > 1_600_000_000_000 && from <= to, "time range of {s}");
+    }
+}
