@@ -404,7 +404,7 @@ fn prometheus_rules_and_grafana_dashboard_check_and_use_real_metrics() {
     metrics.backlog_records.get_or_create(&partition).set(0);
     metrics.backlog_seconds.get_or_create(&partition).set(0.0);
     // (Stage frontiers exist once the dataflow runs.)
-    metrics.stage_frontier_ms.get_or_create(&freshet::telemetry::metrics::StageLabel { stage: "sink" }).set(1);
+    metrics.stage_frontier.get_or_create(&freshet::telemetry::metrics::StageLabel { stage: "sink" }).set(1.0);
     let exported = metrics.encode();
     let grafana_text = std::fs::read_to_string(dir.join("grafana-dashboard.json")).unwrap();
     let grafana: Value = serde_json::from_str(&grafana_text).unwrap();
@@ -475,4 +475,81 @@ fn json_logs_carry_one_span_per_embedding_batch_and_sink_write() {
         let (from, to) = (s["time_from"].as_u64().unwrap(), s["time_to"].as_u64().unwrap());
         assert!(from > 1_600_000_000_000 && from <= to, "time range of {s}");
     }
+}
+
+/// Kafka: the per-partition backlog is the records behind each high watermark. With the
+/// sink frozen the source stops reading (backpressure), so the backlog is exactly what was
+/// produced and not read, its time estimate is infinite (nothing is being read), and after
+/// the sink comes back it drains to 0.
+#[test]
+fn kafka_backlog_per_partition_is_what_is_behind_the_high_watermark() {
+    use support::kafka::{create_topic, kafka_config, kafka_dataflow, produce, Broker};
+    let broker = Broker::start();
+    let emulator = Emulator::start();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = "articles";
+    create_topic(&broker.bootstrap, topic, 2);
+    let history = random_history(404, 40, 600, false);
+    let (first, second) = history.split_at(100);
+    let dataflow = with_qdrant_sink(&kafka_dataflow(dir.path(), topic, None));
+    let port = free_port();
+    let extra = format!(
+        "metrics_addr = \"127.0.0.1:{port}\"\nmax_records_per_pass = 20\nmax_passes_in_flight = 1\n\
+         [qdrant]\nurl = \"{}\"\ntimeout_ms = 5000\nconnect_timeout_ms = 1000\nmax_backoff_ms = 1000\n",
+        emulator.url()
+    );
+    let config = kafka_config(dir.path(), "backlog", 2, &broker.bootstrap, "freshet-backlog", &extra);
+    let child = spawn_run(&dataflow, &config, true);
+    produce(&broker.bootstrap, topic, 2, first);
+    let _ = wait_acknowledged(port, first.len(), Duration::from_secs(60));
+    wait_lag_zero(port, Duration::from_secs(10));
+
+    emulator.pause();
+    produce(&broker.bootstrap, topic, 2, second);
+    let start = Instant::now();
+    let (m, backlog) = loop {
+        let m = get_metrics(port).unwrap_or_default();
+        let received = metric(&m, "freshet_events_received_total").unwrap_or(0.0);
+        let backlog = metric_sum(&m, "freshet_kafka_backlog_records{");
+        if backlog > 0.0 && backlog == history.len() as f64 - received {
+            break (m, backlog);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "backlog {backlog}, received {received} of {}",
+            history.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(backlog >= (second.len() / 2) as f64, "most of the second batch waits: {backlog}");
+    for p in 0..2 {
+        let line = format!("freshet_kafka_backlog_records{{topic=\"{topic}\",partition=\"{p}\"}}");
+        assert!(m.contains(&line), "a gauge per partition: {line}");
+    }
+    // Nothing is being read: there is no estimate of the time to read the backlog.
+    std::thread::sleep(Duration::from_secs(11));
+    let m = get_metrics(port).unwrap_or_default();
+    for l in m.lines().filter(|l| l.starts_with("freshet_kafka_backlog_records{") && !l.ends_with(" 0")) {
+        let labels = l.split_whitespace().next().unwrap().trim_start_matches("freshet_kafka_backlog_records");
+        assert!(!m.contains(&format!("freshet_kafka_backlog_seconds{labels}")), "an estimate while stalled:\n{m}");
+    }
+    let (_, body) = http_get(port, "/status", None).unwrap();
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["backlog"]["records"].as_f64().unwrap(), backlog, "{s}");
+    let parts = s["backlog"]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{s}");
+    assert!(parts.iter().all(|p| p["records"] == 0 || p["seconds"].is_null()), "{s}");
+
+    emulator.resume();
+    let _ = wait_acknowledged(port, history.len(), Duration::from_secs(90));
+    let start = Instant::now();
+    while metric_sum(&get_metrics(port).unwrap_or_default(), "freshet_kafka_backlog_records{") != 0.0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the backlog drains to 0");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let m = get_metrics(port).unwrap_or_default();
+    assert!(metric_sum(&m, "freshet_kafka_backlog_seconds{") == 0.0, "caught up: nothing to read\n{m}");
+    stop(child);
+    let spec = freshet::config::DataflowSpec::load(&dataflow).unwrap();
+    assert_export_matches(&export(&dataflow, &config, true), &oracle(&spec, &history, "freshet/hash-16", 16).export);
 }

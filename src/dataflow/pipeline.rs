@@ -32,7 +32,7 @@ pub enum SizeKind {
 /// Receives the exact totals of the state's size as they change.
 pub type SizeObserver = std::sync::Arc<dyn Fn(SizeKind, i64) + Send + Sync>;
 
-/// Probes on the stages' outputs: their frontiers are what `freshet_stage_frontier_ms`
+/// Probes on the stages' outputs: their frontiers are what `freshet_stage_frontier_timestamp_seconds`
 /// reports (the embed stage's is kept by the writers, the source's by the readers).
 #[derive(Clone, Default)]
 pub struct StageProbes {

@@ -566,7 +566,7 @@ fn update_lag(metrics: &Metrics, progress: &SourceProgress, probes: &StageProbes
     let stage = |name: &'static str, f: Option<Time>| {
         // 0 before a reader starts; u64::MAX (no frontier) once everything is read.
         if let Some(f) = f.filter(|f| *f > 0 && *f != u64::MAX) {
-            metrics.stage_frontier_ms.get_or_create(&StageLabel { stage: name }).set(f as i64);
+            metrics.stage_frontier.get_or_create(&StageLabel { stage: name }).set(f as f64 / 1000.0);
         }
     };
     stage("source", Some(source));
@@ -574,12 +574,8 @@ fn update_lag(metrics: &Metrics, progress: &SourceProgress, probes: &StageProbes
     stage("state", state);
     stage("embed", embed);
     stage("sink", sink);
-    if source != u64::MAX {
-        metrics.source_frontier_ms.set(source as i64);
-    }
     let (lag, pending) = match sink {
         Some(sink) => {
-            metrics.sink_frontier_ms.set(sink as i64);
             // The source stamps its next records at or after `source - 1`: a sink frontier
             // below that means acknowledged work is outstanding.
             if sink + 1 < source {

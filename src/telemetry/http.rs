@@ -61,7 +61,11 @@ pub async fn serve(addr: SocketAddr, live: Arc<Live>, token: Option<String>) -> 
         .route(
             "/metrics",
             get(|State(live): State<Arc<Live>>| async move {
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], live.metrics().encode())
+                // prometheus-client writes OpenMetrics (counters' `_total`, `# EOF`).
+                (
+                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    live.metrics().encode(),
+                )
             }),
         )
         .route("/status", get(|State(live): State<Arc<Live>>| async move { Json(live.status()) }))

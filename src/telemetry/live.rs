@@ -242,12 +242,20 @@ impl Live {
                 let before = *o.reads.get(&(topic.clone(), *partition))?;
                 (now > o.t).then(|| (p.read - before).max(0) as f64 * 1000.0 / (now - o.t) as f64)
             });
-            let seconds = match per_s {
-                _ if records == 0 => 0.0,
-                Some(r) if r > 0.0 => records as f64 / r,
-                _ => f64::INFINITY,
+            // Nothing read lately with records waiting: no estimate (the series is absent).
+            let estimate = match per_s {
+                _ if records == 0 => Some(0.0),
+                Some(r) if r > 0.0 => Some(records as f64 / r),
+                _ => None,
             };
-            m.backlog_seconds.get_or_create(&label).set(seconds);
+            match estimate {
+                Some(s) => {
+                    m.backlog_seconds.get_or_create(&label).set(s);
+                }
+                None => {
+                    m.backlog_seconds.remove(&label);
+                }
+            }
             backlog.insert(format!("{topic}/{partition}"), records);
         }
         let p = m.commit_percentiles(SAMPLE_PERCENTILE_WINDOW_S);
@@ -297,8 +305,8 @@ impl Live {
         STAGES
             .iter()
             .map(|s| {
-                let v = self.metrics.stage_frontier_ms.get_or_create(&StageLabel { stage: s }).get();
-                (*s, (v > 0).then_some(v as u64))
+                let v = self.metrics.stage_frontier.get_or_create(&StageLabel { stage: s }).get();
+                (*s, (v > 0.0).then(|| (v * 1000.0).round() as u64))
             })
             .collect()
     }
@@ -340,12 +348,12 @@ impl Live {
                 .into_iter()
                 .map(|((topic, partition), p)| {
                     let label = PartitionLabel { topic: topic.clone(), partition };
-                    let seconds = m.backlog_seconds.get_or_create(&label).get();
+                    let seconds = m.backlog_seconds.get(&label).map(|g| g.get());
                     PartitionBacklog {
                         topic,
                         partition,
                         records: if p.high_watermark >= 0 { (p.high_watermark - p.read).max(0) } else { 0 },
-                        seconds: seconds.is_finite().then_some(seconds),
+                        seconds,
                     }
                 })
                 .collect();

@@ -116,18 +116,14 @@ pub struct Metrics {
     pub sink_rejected: Counter,
     /// now − sink frontier while work is pending, else 0 (seconds).
     pub frontier_lag_seconds: Gauge<f64, AtomicU64>,
-    /// Source frontier (ms since epoch).
-    pub source_frontier_ms: Gauge,
-    /// Sink frontier (ms since epoch).
-    pub sink_frontier_ms: Gauge,
     /// Kafka offset commits by result (`ok`, `failed`).
     pub offset_commits: Family<ResultLabel, Counter>,
     /// Live documents in the state (exact, maintained by a differential count).
     pub state_documents: Gauge,
     /// Their chunks: the points the collection holds once caught up.
     pub state_chunks: Gauge,
-    /// Each stage's frontier (ms since epoch).
-    pub stage_frontier_ms: Family<StageLabel, Gauge>,
+    /// Each stage's frontier (seconds since epoch).
+    pub stage_frontier: Family<StageLabel, Gauge<f64, AtomicU64>>,
     /// Per applied change: source commit (`source.ts_ms`) to the sink's acknowledgement.
     pub commit_to_searchable: Histogram,
     /// Per applied change: ingestion to the sink's acknowledgement.
@@ -199,8 +195,6 @@ impl Metrics {
         let retries = Counter::default();
         let sink_rejected = Counter::default();
         let frontier_lag_seconds = Gauge::<f64, AtomicU64>::default();
-        let source_frontier_ms = Gauge::default();
-        let sink_frontier_ms = Gauge::default();
         let state_documents = Gauge::default();
         let state_chunks = Gauge::default();
         registry.register(
@@ -232,13 +226,11 @@ impl Metrics {
             "Kafka offset commits of acknowledged records, by result",
             offset_commits.clone(),
         );
-        registry.register("source_frontier_ms", "Source frontier (ms since epoch)", source_frontier_ms.clone());
-        registry.register("sink_frontier_ms", "Sink frontier (ms since epoch)", sink_frontier_ms.clone());
-        let stage_frontier_ms = Family::<StageLabel, Gauge>::default();
+        let stage_frontier = Family::<StageLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
-            "stage_frontier_ms",
-            "Frontier of each pipeline stage: source, decode, state, embed, sink (ms since epoch)",
-            stage_frontier_ms.clone(),
+            "stage_frontier_timestamp_seconds",
+            "Frontier of each pipeline stage (source, decode, state, embed, sink): the earliest ingestion time it may still hold, in seconds since the epoch",
+            stage_frontier.clone(),
         );
         let commit_to_searchable = Histogram::new(LATENCY_BUCKETS);
         registry.register(
@@ -267,7 +259,7 @@ impl Metrics {
         let backlog_seconds = Family::<PartitionLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "kafka_backlog_seconds",
-            "Estimated seconds to read the partition's backlog at the current read rate (+Inf when stalled)",
+            "Estimated seconds to read the partition's backlog at the recent read rate (absent while nothing is read)",
             backlog_seconds.clone(),
         );
         let embed_queue_depth = Gauge::default();
@@ -334,12 +326,10 @@ impl Metrics {
             retries,
             sink_rejected,
             frontier_lag_seconds,
-            source_frontier_ms,
-            sink_frontier_ms,
             offset_commits,
             state_documents,
             state_chunks,
-            stage_frontier_ms,
+            stage_frontier,
             commit_to_searchable,
             ingest_to_searchable,
             changes_without_commit_time,

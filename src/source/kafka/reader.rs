@@ -162,6 +162,11 @@ pub fn kafka_source<'scope>(
         for o in &owned {
             tracing::info!(worker = index, topic = %o.topic, partition = o.partition, offset = o.next, "reading partition");
         }
+        if let Some(c) = &consumer {
+            let parts: Vec<(String, i32)> = owned.iter().map(|o| (o.topic.clone(), o.partition)).collect();
+            let every = Duration::from_millis(opts.kafka.request_timeout_ms.clamp(1000, 5000));
+            poll_watermarks(Arc::downgrade(c), parts, Arc::clone(&progress), every);
+        }
 
         let mut last_time: Time = 0;
         // (time, [(owned index, next offset after the pass)]), oldest first.
@@ -429,4 +434,43 @@ fn read_one<M: Message>(
     ingest(ctx.format, ctx.decode, record, || Some(format!("{topic}[{partition}]@{offset}")), ctx.peers, ctx.out);
     *next = offset + 1;
     true
+}
+
+/// Ask the brokers for the owned partitions' high watermarks every `every` (one
+/// ListOffsets request per partition), on a thread of its own until the consumer is gone or
+/// the source stops. The statistics also carry them, but only for partitions being fetched:
+/// with a full fetch queue (a backlog, exactly when it matters) they go stale.
+fn poll_watermarks(
+    consumer: std::sync::Weak<BaseConsumer<FreshetContext>>,
+    parts: Vec<(String, i32)>,
+    progress: Arc<SourceProgress>,
+    every: Duration,
+) {
+    if parts.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("freshet-watermarks".into()).spawn(move || loop {
+        let started = Instant::now();
+        for (topic, partition) in &parts {
+            if progress.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let Some(c) = consumer.upgrade() else { return };
+            match c.fetch_watermarks(topic, *partition, every) {
+                Ok((_, high)) => progress.update_partition(topic, *partition, |pp| {
+                    pp.high_watermark = pp.high_watermark.max(high);
+                }),
+                Err(e) => tracing::debug!(topic = %topic, partition, error = %e, "high watermark query failed"),
+            }
+        }
+        while started.elapsed() < every {
+            if progress.stop.load(Ordering::Relaxed) || consumer.strong_count() == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the high-watermark poller; the backlog comes from statistics only");
+    }
 }
