@@ -574,17 +574,11 @@ fn update_lag(metrics: &Metrics, progress: &SourceProgress, probes: &StageProbes
     stage("state", state);
     stage("embed", embed);
     stage("sink", sink);
+    // The source stamps its next records at or after `source - 1`: a sink frontier below
+    // that means acknowledged work is outstanding.
     let (lag, pending) = match sink {
-        Some(sink) => {
-            // The source stamps its next records at or after `source - 1`: a sink frontier
-            // below that means acknowledged work is outstanding.
-            if sink + 1 < source {
-                (now_ms().saturating_sub(sink) as f64 / 1000.0, true)
-            } else {
-                (0.0, false)
-            }
-        }
-        None => (0.0, false),
+        Some(sink) if sink + 1 < source => (now_ms().saturating_sub(sink) as f64 / 1000.0, true),
+        _ => (0.0, false),
     };
     metrics.frontier_lag_seconds.set(lag);
     pending
