@@ -205,6 +205,30 @@ enum Command {
         #[arg(long)]
         filter: Vec<String>,
     },
+    /// Serve the local model over HTTP — OpenAI-compatible `POST /v1/embeddings`, TEI's
+    /// `POST /embed`, Ollama's `POST /api/embed` — so that several pipelines share one model
+    /// process (use the `openai`, `tei` or `ollama` embedder kinds against it). Prints
+    /// `listening on ADDR` first.
+    EmbedServer {
+        /// Directory with model.safetensors, tokenizer.json, config.json.
+        #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+        model_dir: PathBuf,
+        /// Address to listen on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8089")]
+        listen: std::net::SocketAddr,
+        /// Texts are truncated to this many tokens.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Most inputs per request (more is answered 413).
+        #[arg(long, default_value_t = 256)]
+        max_batch: usize,
+        /// Requests the model works on at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Environment variable holding an API key clients must send as a bearer token.
+        #[arg(long)]
+        api_key_env: Option<String>,
+    },
     /// Show a running process's status on one screen: lag, backlog, rates,
     /// commit→searchable percentiles, last errors, dead letters (from its `/status`).
     Status {
@@ -423,6 +447,29 @@ fn real_main() -> Result<()> {
                 });
                 println!("{line}");
             }
+            Ok(())
+        }
+        Command::EmbedServer { model_dir, listen, max_tokens, max_batch, concurrency, api_key_env } => {
+            let api_key = match api_key_env {
+                Some(var) => Some(
+                    std::env::var(&var).with_context(|| format!("--api-key-env names `{var}`, which is not set"))?,
+                ),
+                None => None,
+            };
+            let model: std::sync::Arc<dyn freshet::embed::Embedder> =
+                std::sync::Arc::new(freshet::embed::local::LocalMiniLm::load(&model_dir, max_tokens)?);
+            let opts = freshet::embed::server::ServerOptions {
+                max_batch: max_batch.max(1),
+                concurrency: concurrency.max(1),
+                api_key,
+                max_body_bytes: 64 << 20,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(freshet::embed::server::serve(model, opts, listen, |bound| {
+                println!("listening on {bound}");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                tracing::info!(%bound, "serving the model: /v1/embeddings, /embed, /api/embed");
+            }))?;
             Ok(())
         }
         Command::Status { url, config, token, json, watch } => {

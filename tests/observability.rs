@@ -83,7 +83,20 @@ fn wait_lag_zero(port: u16, within: Duration) -> Duration {
     }
 }
 
-fn stop(child: std::process::Child) {
+/// A `freshet run` that is killed if the test fails before stopping it.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn stop(mut running: Running) {
+    let child = running.0.take().unwrap();
     let ok = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     assert!(ok.success());
     let out = child.wait_with_output().unwrap();
@@ -101,11 +114,12 @@ fn lag_is_zero_when_idle_and_grows_by_the_time_the_sink_is_blocked() {
     let dataflow = with_qdrant_sink(&test_dataflow(dir.path(), &input));
     let port = free_port();
     let config = qdrant_config(dir.path(), 2, &emulator.url(), &format!("metrics_addr = \"127.0.0.1:{port}\""));
-    let child = spawn_run(&dataflow, &config, true);
+    let child = Running(Some(spawn_run(&dataflow, &config, true)));
 
     // Idle: lag reads 0 within 2 s of the last change being acknowledged.
     let _ = wait_acknowledged(port, first.len(), Duration::from_secs(60));
     let to_zero = wait_lag_zero(port, Duration::from_secs(10));
+    eprintln!("lag read 0 {to_zero:?} after the last change was acknowledged");
     assert!(to_zero <= Duration::from_secs(2), "lag took {to_zero:?} to read 0 once idle");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(lag(port), 0.0, "idle lag stays 0");
@@ -162,7 +176,7 @@ fn commit_to_searchable_counts_every_applied_change_with_the_input_commit_times(
         ),
     )
     .unwrap();
-    let child = spawn_run(&dataflow, &config, true);
+    let child = Running(Some(spawn_run(&dataflow, &config, true)));
     let (m1, _) = wait_acknowledged(port, first.len(), Duration::from_secs(60));
     let applied_first = applied(&m1);
     assert!(applied_first > 50.0, "the first half applies changes ({applied_first})");
@@ -244,7 +258,7 @@ impl Served {
         if let Some(f) = self.feeder.take() {
             f.join().unwrap();
         }
-        stop(self.child.take().unwrap());
+        stop(Running(self.child.take()));
     }
 }
 
@@ -499,7 +513,7 @@ fn kafka_backlog_per_partition_is_what_is_behind_the_high_watermark() {
         emulator.url()
     );
     let config = kafka_config(dir.path(), "backlog", 2, &broker.bootstrap, "freshet-backlog", &extra);
-    let child = spawn_run(&dataflow, &config, true);
+    let child = Running(Some(spawn_run(&dataflow, &config, true)));
     produce(&broker.bootstrap, topic, 2, first);
     let _ = wait_acknowledged(port, first.len(), Duration::from_secs(60));
     wait_lag_zero(port, Duration::from_secs(10));

@@ -139,6 +139,10 @@ pub struct EmbedderSpec {
     /// Most texts in one embedding batch.
     #[serde(default = "default_batch_texts")]
     pub max_batch_texts: usize,
+    /// Smallest batch when the endpoint throttles (429): batches halve down to this, never
+    /// to one text per request (default: a quarter of `max_batch_texts`).
+    #[serde(default)]
+    pub min_batch_texts: Option<usize>,
     /// Most tokens in one embedding batch.
     #[serde(default = "default_batch_tokens")]
     pub max_batch_tokens: usize,
@@ -148,6 +152,30 @@ pub struct EmbedderSpec {
     /// Embedding batches running at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// For `openai`, `tei`, `ollama`: the endpoint's base URL (`http://` or `https://`),
+    /// e.g. `https://api.openai.com` or `http://127.0.0.1:8080`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// For HTTP kinds: the model name sent in requests (openai, ollama) and the `model_id`
+    /// written into payloads (all three).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// For HTTP kinds: environment variable holding the API key (sent as a bearer token).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// For HTTP kinds: extra request headers.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// For HTTP kinds: whole-request timeout in milliseconds.
+    #[serde(default = "default_http_timeout_ms")]
+    pub timeout_ms: u64,
+    /// For HTTP kinds: connect timeout in milliseconds.
+    #[serde(default = "default_http_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// For HTTP kinds: the model's `tokenizer.json`, for exact token counts in batching
+    /// (without it: one token per 4 bytes, at least one per word).
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
 }
 
 impl EmbedderSpec {
@@ -158,6 +186,26 @@ impl EmbedderSpec {
         }
         if self.dimension == 0 || self.dimension > 65_536 {
             return Err("`embedder.dimension` must be between 1 and 65536".into());
+        }
+        if self.kind.is_http() {
+            let Some(url) = &self.url else {
+                return Err("an HTTP embedder needs `embedder.url` (the endpoint's base URL)".into());
+            };
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err("`embedder.url` must start with http:// or https://".into());
+            }
+            if self.model.as_deref().is_none_or(str::is_empty) {
+                return Err("an HTTP embedder needs `embedder.model`: the model name requested (openai, ollama) and \
+                            the `model_id` written into payloads"
+                    .into());
+            }
+            if self.timeout_ms == 0 || self.connect_timeout_ms == 0 {
+                return Err("`embedder.timeout_ms` and `connect_timeout_ms` must be positive".into());
+            }
+        } else if self.url.is_some() || self.api_key_env.is_some() || !self.headers.is_empty() {
+            return Err(
+                "`embedder.url`, `api_key_env` and `headers` are for the HTTP kinds (openai, tei, ollama)".into()
+            );
         }
         Ok(())
     }
@@ -181,6 +229,12 @@ fn default_max_wait_ms() -> u64 {
 fn default_concurrency() -> usize {
     1
 }
+fn default_http_timeout_ms() -> u64 {
+    60_000
+}
+fn default_http_connect_timeout_ms() -> u64 {
+    5_000
+}
 
 /// Embedder kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -190,6 +244,21 @@ pub enum EmbedderKind {
     LocalMinilm,
     /// Deterministic pseudo-vectors from the content hash: tests and benchmarks only.
     Hash,
+    /// An OpenAI-compatible endpoint (`POST /v1/embeddings`): OpenAI, vLLM, Ollama, TEI,
+    /// `freshet embed-server`.
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// text-embeddings-inference's native `POST /embed`.
+    Tei,
+    /// Ollama's `POST /api/embed`.
+    Ollama,
+}
+
+impl EmbedderKind {
+    /// Whether the model is reached over HTTP.
+    pub fn is_http(self) -> bool {
+        matches!(self, Self::OpenAi | Self::Tei | Self::Ollama)
+    }
 }
 
 impl std::str::FromStr for EmbedderKind {
@@ -198,7 +267,10 @@ impl std::str::FromStr for EmbedderKind {
         match s {
             "local-minilm" => Ok(Self::LocalMinilm),
             "hash" => Ok(Self::Hash),
-            other => Err(format!("unknown embedder `{other}` (expected local-minilm or hash)")),
+            "openai" => Ok(Self::OpenAi),
+            "tei" => Ok(Self::Tei),
+            "ollama" => Ok(Self::Ollama),
+            other => Err(format!("unknown embedder `{other}` (expected local-minilm, openai, tei, ollama or hash)")),
         }
     }
 }

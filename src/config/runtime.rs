@@ -40,6 +40,10 @@ pub struct RuntimeConfig {
     /// Vectors kept in the in-memory embedding cache (keyed by model and content hash).
     #[serde(default = "default_cache_entries")]
     pub embed_cache_entries: usize,
+    /// The persistent embedding cache (a redb file keyed by model id and content hash;
+    /// relative to `data_dir`); none keeps vectors in memory only.
+    #[serde(default)]
+    pub embed_cache_path: Option<PathBuf>,
     /// The embedded engine builds its HNSW index in the background once the pipeline has
     /// been idle for 2 s after writes, and at the latest every this many seconds while busy.
     #[serde(default = "default_optimize_interval_s")]
@@ -201,6 +205,7 @@ impl Default for RuntimeConfig {
             max_passes_in_flight: default_max_passes_in_flight(),
             max_record_bytes: default_max_record_bytes(),
             embed_cache_entries: default_cache_entries(),
+            embed_cache_path: None,
             optimize_interval_s: default_optimize_interval_s(),
             kafka: None,
             qdrant: None,

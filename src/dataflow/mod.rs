@@ -72,6 +72,10 @@ pub struct Tally {
     pub points_payload_updated: u64,
     /// Points deleted.
     pub points_deleted: u64,
+    /// Vectors found in the embedding cache (memory or disk; filled in by the runtime).
+    pub cache_hits: u64,
+    /// Vectors looked up in the embedding cache and not found there.
+    pub cache_misses: u64,
 }
 
 impl Tally {

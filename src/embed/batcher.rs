@@ -1,12 +1,21 @@
 //! The embedding service between the dataflow and an [`Embedder`]: a bounded in-memory
 //! cache keyed by content hash (one model per service), one request per distinct hash in
-//! flight, and batching by count, token budget and max wait. The model runs on tokio's
-//! blocking pool, never on a timely worker. Transient failures are retried with
-//! exponential backoff for as long as it takes (the dataflow holds its capability
-//! meanwhile); a permanent failure is isolated to the text that causes it.
+//! flight, and batching by count, token budget and max wait. A batch is formed only once a
+//! request slot is free, so under backlog every batch goes out full. The model runs on
+//! tokio's blocking pool, never on a timely worker.
+//!
+//! Failures: transient ones are retried with exponential backoff and jitter for as long as
+//! it takes (the dataflow holds its capability meanwhile, so the lag shows it), waiting at
+//! least what the endpoint asked (`Retry-After`). A throttled endpoint (429) gets smaller
+//! batches and fewer in flight — never below `min_texts` per batch — which grow back after
+//! successes ([`Pacing`]). After repeated failures a circuit breaker holds every request
+//! back for a cool-down that doubles up to 30 s ([`Breaker`]). A permanent failure of a
+//! batch (413, 400, …) splits it in halves until the text that causes it is alone; that
+//! text is dead-lettered and the rest proceed.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +47,123 @@ pub struct BatchOptions {
     pub max_tokens_per_text: usize,
     /// Entries in the in-memory cache.
     pub cache_entries: usize,
+    /// Smallest batch the service shrinks to when the endpoint throttles.
+    pub min_texts: usize,
+}
+
+/// Consecutive failed attempts that open the circuit breaker.
+const BREAKER_THRESHOLD: u32 = 5;
+/// The breaker's first cool-down; it doubles up to [`BREAKER_MAX_COOLDOWN`].
+const BREAKER_COOLDOWN: Duration = Duration::from_millis(500);
+const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(30);
+/// Successful batches after which a throttled batch size and concurrency grow one step.
+const PACING_RECOVERY: usize = 8;
+
+/// Batch size and requests in flight, adapted to a throttling endpoint.
+struct Pacing {
+    concurrency: usize,
+    max_texts: usize,
+    min_texts: usize,
+    texts: std::sync::atomic::AtomicUsize,
+    slots: Arc<Semaphore>,
+    /// Slots taken out of use while throttled.
+    held: Mutex<Vec<tokio::sync::OwnedSemaphorePermit>>,
+    successes: std::sync::atomic::AtomicUsize,
+}
+
+impl Pacing {
+    fn new(max_texts: usize, min_texts: usize, concurrency: usize) -> Self {
+        let max_texts = max_texts.max(1);
+        Self {
+            concurrency: concurrency.max(1),
+            max_texts,
+            min_texts: min_texts.clamp(1, max_texts),
+            texts: std::sync::atomic::AtomicUsize::new(max_texts),
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            held: Mutex::new(Vec::new()),
+            successes: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn texts(&self) -> usize {
+        self.texts.load(Ordering::Relaxed)
+    }
+
+    /// Halve the batch size (not below the floor) and take one slot out of use (keeping one).
+    fn throttled(&self) {
+        self.successes.store(0, Ordering::Relaxed);
+        let _ = self.texts.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some((t / 2).max(self.min_texts)));
+        let Ok(mut held) = self.held.lock() else { return };
+        if held.len() + 1 < self.concurrency {
+            // A slot in use now is taken out at the next throttle instead.
+            if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
+                held.push(p);
+            }
+        }
+    }
+
+    /// Every [`PACING_RECOVERY`] successes: a quarter more batch size and one slot back.
+    fn succeeded(&self) {
+        if self.successes.fetch_add(1, Ordering::Relaxed) + 1 < PACING_RECOVERY {
+            return;
+        }
+        self.successes.store(0, Ordering::Relaxed);
+        let step = (self.max_texts / 4).max(1);
+        let _ = self.texts.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some((t + step).min(self.max_texts)));
+        if let Ok(mut h) = self.held.lock() {
+            h.pop();
+        }
+    }
+}
+
+/// Holds requests back from an endpoint that keeps failing (see module docs).
+#[derive(Default)]
+struct Breaker {
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Default)]
+struct BreakerState {
+    failures: u32,
+    open_until: Option<Instant>,
+    cooldown: Duration,
+}
+
+impl Breaker {
+    /// Wait while the breaker is open.
+    async fn admit(&self) {
+        loop {
+            let until = self.state.lock().ok().and_then(|s| s.open_until).filter(|t| *t > Instant::now());
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => return,
+            }
+        }
+    }
+
+    /// A failed attempt; returns the cool-down if this opened (or re-opened) the breaker.
+    fn failed(&self) -> Option<Duration> {
+        let mut s = self.state.lock().ok()?;
+        s.failures += 1;
+        if s.failures < BREAKER_THRESHOLD {
+            return None;
+        }
+        let now = Instant::now();
+        if s.open_until.is_some_and(|t| t > now) {
+            return None;
+        }
+        s.cooldown = if s.cooldown.is_zero() { BREAKER_COOLDOWN } else { (s.cooldown * 2).min(BREAKER_MAX_COOLDOWN) };
+        s.open_until = Some(now + s.cooldown);
+        Some(s.cooldown)
+    }
+
+    /// A successful attempt closes the breaker.
+    fn succeeded(&self) -> bool {
+        let Ok(mut s) = self.state.lock() else { return false };
+        let was_open = s.failures >= BREAKER_THRESHOLD;
+        *s = BreakerState::default();
+        was_open
+    }
 }
 
 struct Job {
@@ -53,9 +179,13 @@ type Waiters = Vec<oneshot::Sender<Result<Vector, String>>>;
 /// The embedding service (see module docs).
 pub struct EmbedService {
     embedder: Arc<dyn Embedder>,
+    pacing: Pacing,
+    breaker: Breaker,
     tx: mpsc::UnboundedSender<Job>,
     inflight: Mutex<HashMap<ContentHash, Waiters>>,
     cache: Mutex<LruCache<ContentHash, Vector>>,
+    /// The persistent cache behind the in-memory one, if configured.
+    disk: Option<super::disk_cache::DiskCache>,
     metrics: Arc<Metrics>,
     max_tokens_per_text: usize,
 }
@@ -67,10 +197,11 @@ impl std::fmt::Debug for EmbedService {
 }
 
 impl EmbedService {
-    /// Start the batching task on `handle`.
+    /// Start the batching task on `handle`; `disk` is the persistent cache, if any.
     pub fn start(
         embedder: Arc<dyn Embedder>,
         opts: BatchOptions,
+        disk: Option<super::disk_cache::DiskCache>,
         metrics: Arc<Metrics>,
         handle: &tokio::runtime::Handle,
     ) -> Arc<Self> {
@@ -78,9 +209,12 @@ impl EmbedService {
         let cap = NonZeroUsize::new(opts.cache_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
         let svc = Arc::new(Self {
             embedder,
+            pacing: Pacing::new(opts.max_texts, opts.min_texts, opts.concurrency),
+            breaker: Breaker::default(),
             tx,
             inflight: Mutex::new(HashMap::new()),
             cache: Mutex::new(LruCache::new(cap)),
+            disk,
             metrics,
             max_tokens_per_text: opts.max_tokens_per_text.max(1),
         });
@@ -98,7 +232,8 @@ impl EmbedService {
         self.embedder.dimension()
     }
 
-    /// Vectors in the cache for `hashes` (counted as cache hits and misses).
+    /// Vectors in the caches (memory, then disk) for `hashes`, counted as cache hits and
+    /// misses. Blocking (the disk cache reads its file).
     pub fn cached(&self, hashes: &[ContentHash]) -> HashMap<ContentHash, Vector> {
         let mut out = HashMap::new();
         if let Ok(mut c) = self.cache.lock() {
@@ -108,13 +243,50 @@ impl EmbedService {
                 }
             }
         }
+        if let Some(disk) = &self.disk {
+            let missing: Vec<ContentHash> = hashes.iter().filter(|h| !out.contains_key(h)).copied().collect();
+            if !missing.is_empty() {
+                match disk.get_many(self.embedder.model_id(), &missing) {
+                    Ok(found) => {
+                        let dim = self.embedder.dimension();
+                        if let Ok(mut c) = self.cache.lock() {
+                            for (h, v) in found.into_iter().filter(|(_, v)| v.len() == dim) {
+                                let v: Vector = v.into();
+                                c.put(h, Arc::clone(&v));
+                                out.insert(h, v);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading the embedding cache failed; embedding instead"),
+                }
+            }
+        }
         if !hashes.is_empty() {
             self.metrics.record_cache(out.len() as u64, (hashes.len() - out.len()) as u64);
         }
         out
     }
 
-    /// Remember a vector known from elsewhere (e.g. the collection).
+    /// Remember vectors known from elsewhere (e.g. the collection), in memory and on disk.
+    pub fn remember_all(&self, vectors: &[(ContentHash, Vector)]) {
+        if let Ok(mut c) = self.cache.lock() {
+            for (h, v) in vectors {
+                c.put(*h, Arc::clone(v));
+            }
+        }
+        self.persist(vectors);
+    }
+
+    /// Write vectors to the disk cache, if there is one.
+    fn persist(&self, vectors: &[(ContentHash, Vector)]) {
+        let Some(disk) = &self.disk else { return };
+        let refs: Vec<(ContentHash, &[f32])> = vectors.iter().map(|(h, v)| (*h, &v[..])).collect();
+        if let Err(e) = disk.put_many(self.embedder.model_id(), &refs) {
+            tracing::warn!(error = %e, "writing the embedding cache failed");
+        }
+    }
+
+    /// Remember a vector in memory.
     pub fn remember(&self, hash: ContentHash, v: Vector) {
         if let Ok(mut c) = self.cache.lock() {
             c.put(hash, v);
@@ -187,10 +359,16 @@ impl EmbedService {
                     self.metrics.record_embed_batch(jobs.len() as u64);
                     self.metrics.embed_batch_texts.observe(jobs.len() as f64);
                     self.metrics.embed_batch_tokens.observe(tokens as f64);
-                    for (job, v) in jobs.iter().zip(vectors) {
-                        let v: Vector = v.into();
-                        self.remember(job.hash, Arc::clone(&v));
-                        self.resolve(&job.hash, Ok(v));
+                    let vectors: Vec<(ContentHash, Vector)> =
+                        jobs.iter().zip(vectors).map(|(job, v)| (job.hash, v.into())).collect();
+                    if self.disk.is_some() {
+                        let this = Arc::clone(&self);
+                        let copy = vectors.clone();
+                        let _ = tokio::task::spawn_blocking(move || this.persist(&copy)).await;
+                    }
+                    for (hash, v) in vectors {
+                        self.remember(hash, Arc::clone(&v));
+                        self.resolve(&hash, Ok(v));
                     }
                 }
                 Err(e) if jobs.len() > 1 => {
@@ -215,6 +393,7 @@ impl EmbedService {
     async fn embed_with_retry(&self, jobs: &[Job]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut backoff = Duration::from_millis(100);
         loop {
+            self.breaker.admit().await;
             let embedder = Arc::clone(&self.embedder);
             let texts: Vec<String> = jobs.iter().map(|j| j.text.clone()).collect();
             let res = tokio::task::spawn_blocking(move || {
@@ -241,13 +420,36 @@ impl EmbedService {
                 }
             });
             match res {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    if self.breaker.succeeded() {
+                        tracing::info!("embedding endpoint answers again; circuit breaker closed");
+                        self.metrics.embed_breaker_open.set(0);
+                    }
+                    self.pacing.succeeded();
+                    return Ok(v);
+                }
                 Err(e) if e.is_transient() => {
                     self.metrics.retries.inc();
-                    self.metrics.embed_errors.get_or_create(&ErrorKindLabel { kind: "transient" }).inc();
+                    let throttled = matches!(e, EmbedError::Throttled { .. });
+                    let kind = if throttled { "throttled" } else { "transient" };
+                    self.metrics.embed_errors.get_or_create(&ErrorKindLabel { kind }).inc();
+                    if throttled {
+                        self.pacing.throttled();
+                    } else if let Some(cooldown) = self.breaker.failed() {
+                        self.metrics.embed_breaker_open.set(1);
+                        self.metrics.record_error(
+                            "embed",
+                            format!(
+                                "circuit breaker open for {} ms after repeated failures: {e}",
+                                cooldown.as_millis()
+                            ),
+                        );
+                        tracing::warn!(cooldown_ms = cooldown.as_millis() as u64, error = %e, "embedding endpoint keeps failing; holding requests back");
+                    }
                     self.metrics.record_error("embed", format!("embedding failed, retrying: {e}"));
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "embedding failed; retrying");
-                    tokio::time::sleep(backoff).await;
+                    let wait = backoff.mul_f64(rand::random_range(0.5..1.0)).max(e.retry_after().unwrap_or_default());
+                    tracing::warn!(error = %e, texts = jobs.len(), next_batch_texts = self.pacing.texts(), retry_in_ms = wait.as_millis() as u64, "embedding failed; retrying");
+                    tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
                 Err(e) => return Err(e),
@@ -257,9 +459,12 @@ impl EmbedService {
 }
 
 async fn batch_loop(svc: std::sync::Weak<EmbedService>, mut rx: mpsc::UnboundedReceiver<Job>, opts: BatchOptions) {
-    let sem = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let mut carry: Option<Job> = None;
     loop {
+        // Take a request slot first: while every slot is busy, texts queue up and the next
+        // batch leaves full.
+        let Some(slots) = svc.upgrade().map(|s| Arc::clone(&s.pacing.slots)) else { return };
+        let Ok(permit) = slots.acquire_owned().await else { return };
         let first = match carry.take() {
             Some(j) => j,
             None => match rx.recv().await {
@@ -267,23 +472,26 @@ async fn batch_loop(svc: std::sync::Weak<EmbedService>, mut rx: mpsc::UnboundedR
                 None => return,
             },
         };
+        let Some(max_texts) = svc.upgrade().map(|s| s.pacing.texts()) else { return };
         let deadline = Instant::now() + opts.max_wait;
         let mut tokens = first.tokens;
         let mut batch = vec![first];
-        while batch.len() < opts.max_texts && tokens < opts.max_tokens {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(j)) => {
-                    if tokens + j.tokens > opts.max_tokens {
-                        carry = Some(j);
-                        break;
-                    }
-                    tokens += j.tokens;
-                    batch.push(j);
+        while batch.len() < max_texts && tokens < opts.max_tokens {
+            let next = match rx.try_recv() {
+                Ok(j) => Some(j),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten()
                 }
-                Ok(None) | Err(_) => break,
+            };
+            let Some(j) = next else { break };
+            if tokens + j.tokens > opts.max_tokens {
+                carry = Some(j);
+                break;
             }
+            tokens += j.tokens;
+            batch.push(j);
         }
-        let Ok(permit) = Arc::clone(&sem).acquire_owned().await else { return };
         let Some(svc) = svc.upgrade() else { return };
         svc.metrics.embed_queue_depth.dec_by(batch.len() as i64);
         tracing::debug!(texts = batch.len(), tokens, "embedding batch");
@@ -291,5 +499,44 @@ async fn batch_loop(svc: std::sync::Weak<EmbedService>, mut rx: mpsc::UnboundedR
             svc.run_batch(batch).await;
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_halves_batches_down_to_the_floor_and_successes_grow_them_back() {
+        let p = Pacing::new(64, 16, 4);
+        p.throttled();
+        assert_eq!(p.texts(), 32);
+        for _ in 0..10 {
+            p.throttled();
+        }
+        assert_eq!(p.texts(), 16, "never below min_texts");
+        assert_eq!(p.slots.available_permits(), 1, "one request slot is always kept");
+        for _ in 0..(PACING_RECOVERY * 8) {
+            p.succeeded();
+        }
+        assert_eq!(p.texts(), 64);
+        assert_eq!(p.slots.available_permits(), 4);
+    }
+
+    #[tokio::test]
+    async fn the_breaker_opens_after_repeated_failures_and_closes_on_success() {
+        let b = Breaker::default();
+        for _ in 1..BREAKER_THRESHOLD {
+            assert_eq!(b.failed(), None);
+        }
+        assert_eq!(b.failed(), Some(BREAKER_COOLDOWN));
+        let t = Instant::now();
+        b.admit().await;
+        assert!(t.elapsed() >= BREAKER_COOLDOWN, "requests wait out the cool-down");
+        assert_eq!(b.failed(), Some(BREAKER_COOLDOWN * 2), "a failure after it re-opens for longer");
+        assert!(b.succeeded());
+        let t = Instant::now();
+        b.admit().await;
+        assert!(t.elapsed() < Duration::from_millis(1));
     }
 }

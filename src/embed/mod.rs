@@ -1,10 +1,15 @@
 //! Embedders: the [`Embedder`] trait and its implementations — `local-minilm` (candle,
-//! CPU) and `hash` (deterministic pseudo-vectors for tests and pipeline benchmarks only).
+//! CPU), the HTTP embedders (`openai`, `tei`, `ollama`) and `hash` (deterministic
+//! pseudo-vectors for tests and pipeline benchmarks only) — and `freshet embed-server`
+//! ([`server`]), which serves a local model over those HTTP APIs.
 //! Embedders know nothing of timely; the runtime calls them on their own threads.
 
 pub mod batcher;
+pub mod disk_cache;
 pub mod hash;
+pub mod http;
 pub mod local;
+pub mod server;
 
 use thiserror::Error;
 
@@ -17,12 +22,29 @@ pub enum EmbedError {
     /// The input can never be embedded (e.g. rejected by the model).
     #[error("embedding rejected: {0}")]
     Permanent(String),
+    /// The endpoint asked to slow down (HTTP 429, or a 503 with `Retry-After`): retried
+    /// after at least `retry_after`, with smaller batches and fewer in flight.
+    #[error("embedder throttled: {message}")]
+    Throttled {
+        /// What the endpoint said.
+        message: String,
+        /// How long it asked to wait (`Retry-After`, `retry-after-ms`).
+        retry_after: Option<std::time::Duration>,
+    },
 }
 
 impl EmbedError {
     /// Whether retrying the same request may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, EmbedError::Transient(_))
+        matches!(self, EmbedError::Transient(_) | EmbedError::Throttled { .. })
+    }
+
+    /// How long the endpoint asked to wait before the next request, if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            EmbedError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }
 

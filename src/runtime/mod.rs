@@ -29,6 +29,7 @@ use crate::dataflow::state::DocShape;
 use crate::dataflow::{Tally, Time};
 use crate::embed::batcher::{BatchOptions, EmbedService};
 use crate::embed::hash::HashEmbedder;
+use crate::embed::http::{HttpApi, HttpEmbedder, HttpOptions};
 use crate::embed::local::LocalMiniLm;
 use crate::embed::Embedder;
 use crate::model::collection_namespace;
@@ -160,7 +161,53 @@ pub fn open_embedder(spec: &EmbedderSpec) -> Result<Arc<dyn Embedder>, RuntimeEr
             let dir = spec.model_dir.clone().unwrap_or_else(|| PathBuf::from("models/all-MiniLM-L6-v2"));
             Arc::new(LocalMiniLm::load(&dir, spec.max_tokens)?)
         }
+        EmbedderKind::OpenAi | EmbedderKind::Tei | EmbedderKind::Ollama => Arc::new(open_http(spec)?),
     })
+}
+
+/// An HTTP embedder for `spec`, checked with one small request: a wrong dimension, model
+/// or key fails here with the endpoint's answer; an endpoint that is down only warns (the
+/// pipeline waits for it, the lag shows it).
+fn open_http(spec: &EmbedderSpec) -> Result<HttpEmbedder, RuntimeError> {
+    let api = match spec.kind {
+        EmbedderKind::Tei => HttpApi::Tei,
+        EmbedderKind::Ollama => HttpApi::Ollama,
+        _ => HttpApi::OpenAi,
+    };
+    let api_key = match &spec.api_key_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| {
+            RuntimeError::Config(format!("`embedder.api_key_env` names `{var}`, which is not set in the environment"))
+        })?),
+        None => None,
+    };
+    let tokenizer = match &spec.tokenizer {
+        Some(path) => Some(
+            tokenizers::Tokenizer::from_file(path)
+                .map_err(|e| RuntimeError::Config(format!("`embedder.tokenizer` {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let embedder = HttpEmbedder::new(HttpOptions {
+        api,
+        url: spec.url.clone().unwrap_or_default(),
+        model: spec.model.clone().unwrap_or_default(),
+        dimension: spec.dimension,
+        api_key,
+        headers: spec.headers.clone(),
+        timeout: Duration::from_millis(spec.timeout_ms),
+        connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
+        tokenizer,
+    })?;
+    match embedder.embed(&["freshet: checking the endpoint"]) {
+        Ok(_) => {
+            tracing::info!(endpoint = %embedder.endpoint(), model = %embedder.model_id(), "embedding endpoint answers")
+        }
+        Err(e) if e.is_transient() => {
+            tracing::warn!(endpoint = %embedder.endpoint(), error = %e, "embedding endpoint not reachable yet; changes wait for it")
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(embedder)
 }
 
 /// The store a dataflow's sink lives in: the embedded engine under the data directory, or
@@ -320,6 +367,19 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     let dead_letters = Arc::new(DeadLetterLog::open(&config.data_dir).map_err(io("opening the dead-letter file"))?);
     metrics.dead_letters_before.store(dead_letters.count_existing(), Ordering::Relaxed);
 
+    let disk_cache = match &config.embed_cache_path {
+        Some(p) => {
+            let path = config.data_dir.join(p);
+            match crate::embed::disk_cache::DiskCache::open(&path) {
+                Ok(c) => {
+                    tracing::info!(path = %path.display(), vectors = c.len().unwrap_or(0), "persistent embedding cache");
+                    Some(c)
+                }
+                Err(e) => return Err(RuntimeError::Config(e.to_string())),
+            }
+        }
+        None => None,
+    };
     let embed = EmbedService::start(
         Arc::clone(&embedder),
         BatchOptions {
@@ -328,8 +388,10 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
             max_wait: Duration::from_millis(spec.embedder.max_wait_ms),
             concurrency: spec.embedder.concurrency,
             max_tokens_per_text: spec.embedder.max_tokens,
+            min_texts: spec.embedder.min_batch_texts.unwrap_or(spec.embedder.max_batch_texts / 4),
             cache_entries: config.embed_cache_entries,
         },
+        disk_cache,
         Arc::clone(&metrics),
         rt.handle(),
     );

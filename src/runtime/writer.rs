@@ -131,7 +131,9 @@ async fn resolve(s: &WriterShared, time: Time, batch: WriteBatch) -> Resolved {
         }
     }
     let hashes: Vec<ContentHash> = needed.keys().copied().collect();
-    let mut vectors = s.embed.cached(&hashes);
+    let embed = Arc::clone(&s.embed);
+    let lookup = hashes.clone();
+    let mut vectors = tokio::task::spawn_blocking(move || embed.cached(&lookup)).await.unwrap_or_default();
     let mut reused = vectors.len() as u64;
     let missing: Vec<ContentHash> = hashes.iter().filter(|h| !vectors.contains_key(h)).copied().collect();
     if !missing.is_empty() {
@@ -140,12 +142,12 @@ async fn resolve(s: &WriterShared, time: Time, batch: WriteBatch) -> Resolved {
         let found = tokio::task::spawn_blocking(move || sink.vectors_by_hash(&model, &missing)).await;
         match found {
             Ok(Ok(found)) => {
-                for (h, v) in found {
-                    let v: Vector = v.into();
-                    s.embed.remember(h, Arc::clone(&v));
-                    vectors.insert(h, v);
-                    reused += 1;
-                }
+                let found: Vec<(ContentHash, Vector)> = found.into_iter().map(|(h, v)| (h, v.into())).collect();
+                reused += found.len() as u64;
+                let embed = Arc::clone(&s.embed);
+                let copy = found.clone();
+                let _ = tokio::task::spawn_blocking(move || embed.remember_all(&copy)).await;
+                vectors.extend(found);
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "looking up known vectors failed; embedding instead"),
             Err(e) => tracing::warn!(error = %e, "looking up known vectors failed; embedding instead"),

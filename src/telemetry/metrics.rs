@@ -39,7 +39,7 @@ pub struct PartitionLabel {
 /// Label of an embedder error.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorKindLabel {
-    /// `transient` (retried) or `permanent` (dead-lettered).
+    /// `transient` (retried), `throttled` (retried, slower) or `permanent` (dead-lettered).
     pub kind: &'static str,
 }
 
@@ -144,6 +144,8 @@ pub struct Metrics {
     pub embed_latency: Histogram,
     /// Embedder errors by kind.
     pub embed_errors: Family<ErrorKindLabel, Counter>,
+    /// 1 while the embedding circuit breaker holds requests back.
+    pub embed_breaker_open: Gauge,
     /// Vectors found in the embedding cache.
     pub embed_cache_hits: Counter,
     /// Vectors not in the embedding cache.
@@ -280,6 +282,12 @@ impl Metrics {
             "Embedder errors: transient (retried) and permanent (dead-lettered)",
             embed_errors.clone(),
         );
+        let embed_breaker_open = Gauge::default();
+        registry.register(
+            "embed_breaker_open",
+            "1 while the embedding circuit breaker holds requests back after repeated failures",
+            embed_breaker_open.clone(),
+        );
         let embed_cache_hits = Counter::default();
         registry.register("embed_cache_hits", "Vectors found in the embedding cache", embed_cache_hits.clone());
         let embed_cache_misses = Counter::default();
@@ -307,7 +315,7 @@ impl Metrics {
             resident_memory_bytes.clone(),
         );
         // Series that exist from the start at 0, so that rates and alerts have a baseline.
-        for kind in ["transient", "permanent"] {
+        for kind in ["transient", "throttled", "permanent"] {
             let _ = embed_errors.get_or_create(&ErrorKindLabel { kind });
         }
         for outcome in ["content", "metadata", "delete", "noop", "superseded", "dead_lettered"] {
@@ -340,6 +348,7 @@ impl Metrics {
             embed_batch_tokens,
             embed_latency,
             embed_errors,
+            embed_breaker_open,
             embed_cache_hits,
             embed_cache_misses,
             embed_cache_hit_ratio,
@@ -524,6 +533,8 @@ impl Metrics {
         t.chunks_embedded = self.chunks_embedded.get();
         t.embed_batches = self.embed_batches.get();
         t.vectors_reused = self.vectors_reused.get();
+        t.cache_hits = self.embed_cache_hits.get();
+        t.cache_misses = self.embed_cache_misses.get();
         t
     }
 
@@ -565,5 +576,12 @@ pub fn summary_json(t: &Tally) -> serde_json::Value {
         "points_upserted": t.points_upserted,
         "points_payload_updated": t.points_payload_updated,
         "points_deleted": t.points_deleted,
+        "cache_hits": t.cache_hits,
+        "cache_misses": t.cache_misses,
+        "cache_hit_ratio": if t.cache_hits + t.cache_misses > 0 {
+            serde_json::json!(t.cache_hits as f64 / (t.cache_hits + t.cache_misses) as f64)
+        } else {
+            serde_json::Value::Null
+        },
     })
 }
