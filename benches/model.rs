@@ -1,7 +1,9 @@
 //! Local model benchmark (harness = false): texts/s and tokens/s of all-MiniLM-L6-v2 alone
-//! at ~64, ~128 and ~256 tokens per text (batches of 32), then inside the pipeline
-//! (`freshet run --until-end` with `local-minilm` on a generated corpus, counting the chunks
-//! embedded over the run's wall time).
+//! at ~64, ~128 and ~256 tokens per text (batches of 32); the same model behind
+//! `freshet embed-server` (in-process, over loopback HTTP) through the `openai` embedder at
+//! batches of 8, 32 and 64 (requests/s, texts/s); then inside the pipeline (`freshet run
+//! --until-end` on a generated corpus, counting the chunks embedded over the run's wall
+//! time), with the model in-process and through the server (requests/s, mean batch size).
 //!
 //! `cargo bench --profile dev --bench model -- [--texts N] [--docs N]`
 
@@ -10,7 +12,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use freshet::config::{DataflowSpec, EmbedderKind, RuntimeConfig};
+use freshet::embed::http::{HttpApi, HttpEmbedder, HttpOptions};
 use freshet::embed::local::LocalMiniLm;
+use freshet::embed::server::ServerOptions;
 use freshet::embed::Embedder;
 use freshet::runtime::{run, RunOptions};
 use freshet::workload::{write_files, Plan};
@@ -61,6 +65,57 @@ fn main() {
         );
     }
 
+    // The same model behind `freshet embed-server`, through the `openai` embedder.
+    let served: Arc<dyn Embedder> = Arc::new(LocalMiniLm::load(dir, 256).expect("model"));
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+        let opts = ServerOptions { max_batch: 256, concurrency: 1, api_key: None, max_body_bytes: 64 << 20 };
+        let _ = rt.block_on(freshet::embed::server::serve(served, opts, "127.0.0.1:0".parse().expect("addr"), |a| {
+            let _ = addr_tx.send(a);
+        }));
+    });
+    let url = format!("http://{}", addr_rx.recv().expect("server address"));
+    let http = HttpEmbedder::new(HttpOptions {
+        api: HttpApi::OpenAi,
+        url: url.clone(),
+        model: freshet::embed::local::MODEL_ID.into(),
+        dimension: 384,
+        api_key: None,
+        headers: Default::default(),
+        timeout: std::time::Duration::from_secs(120),
+        connect_timeout: std::time::Duration::from_secs(5),
+        tokenizer: None,
+    })
+    .expect("http embedder");
+    let texts: Vec<String> = (0..n)
+        .map(|i| {
+            let mut t = String::new();
+            let mut k = i;
+            while model.count_tokens(&t) < 64 {
+                t.push_str(words[k % words.len()]);
+                t.push(' ');
+                k = k.wrapping_mul(31).wrapping_add(7);
+            }
+            t
+        })
+        .collect();
+    for batch in [8usize, 32, 64] {
+        let start = Instant::now();
+        let mut requests = 0;
+        for chunk in texts.chunks(batch) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            http.embed(&refs).expect("embed over HTTP");
+            requests += 1;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "embed-server over HTTP, ~64 tokens, batch {batch}: {:.1} requests/s, {:.1} texts/s ({n} texts)",
+            requests as f64 / secs,
+            n as f64 / secs
+        );
+    }
+
     let docs = arg("--docs", 150);
     let tmp = tempfile::tempdir().expect("tempdir");
     let input = tmp.path().join("snapshot.jsonl");
@@ -73,6 +128,26 @@ fn main() {
     let mut spec = DataflowSpec::load(std::path::Path::new("dataflows/articles.toml")).expect("dataflow");
     spec.embedder.kind = EmbedderKind::LocalMinilm;
     spec.source.path = Some(input);
+    // Through the embed server first (its own data directory), then in-process.
+    let mut over_http = spec.clone();
+    over_http.embedder.kind = EmbedderKind::OpenAi;
+    over_http.embedder.url = Some(url);
+    over_http.embedder.model = Some(freshet::embed::local::MODEL_ID.into());
+    over_http.embedder.dimension = 384;
+    let http_config = RuntimeConfig { workers: 1, data_dir: tmp.path().join("data-http"), ..RuntimeConfig::default() };
+    let start = Instant::now();
+    let t = run(RunOptions::live(over_http, http_config, true), Arc::new(AtomicBool::new(false))).expect("run");
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "inside the pipeline through embed-server: {} chunks in {:.1}s = {:.1} texts/s; {} requests = {:.2} requests/s, {:.1} texts per request",
+        t.chunks_embedded,
+        secs,
+        t.chunks_embedded as f64 / secs,
+        t.embed_batches,
+        t.embed_batches as f64 / secs,
+        t.chunks_embedded as f64 / t.embed_batches.max(1) as f64
+    );
+
     let config = RuntimeConfig { workers: 1, data_dir: tmp.path().join("data"), ..RuntimeConfig::default() };
     let start = Instant::now();
     let totals =
