@@ -63,3 +63,34 @@ fn a_rebuild_from_scratch_embeds_nothing_with_the_persistent_cache() {
     assert_eq!(uncached["chunks_embedded"].as_u64().unwrap(), embedded, "{uncached}");
     assert_eq!(export(&dataflow, &config(dir.path(), "c", None), true), live);
 }
+
+/// redb locks its file: a second process with the same cache (a `replay --into` beside a
+/// running pipeline) runs without the disk cache instead of failing.
+#[test]
+fn a_cache_held_by_another_process_is_skipped_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    write_events(&input, &random_history(5, 6, 40, false));
+    let dataflow = test_dataflow(dir.path(), &input);
+    let cache = dir.path().join("embeddings.redb");
+    let mut holder = spawn_run(&dataflow, &config(dir.path(), "a", Some(&cache)), false);
+    // Wait until the first process has opened (and so locked) the cache.
+    let start = std::time::Instant::now();
+    while !cache.exists() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "the first run never opened its cache");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let second = freshet()
+        .args(["run", "--until-end", "--dataflow"])
+        .arg(&dataflow)
+        .arg("--config")
+        .arg(config(dir.path(), "b", Some(&cache)))
+        .output()
+        .unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{err}");
+    assert!(err.contains("persistent embedding cache unavailable"), "{err}");
+}

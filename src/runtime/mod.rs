@@ -375,7 +375,13 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
                     tracing::info!(path = %path.display(), vectors = c.len().unwrap_or(0), "persistent embedding cache");
                     Some(c)
                 }
-                Err(e) => return Err(RuntimeError::Config(e.to_string())),
+                // redb locks its file: another freshet process (a `replay --into` beside
+                // `run`) holds it. Run without the disk cache rather than not at all.
+                Err(e) => {
+                    tracing::warn!(error = %e, "persistent embedding cache unavailable; running with the in-memory cache only");
+                    metrics.record_error("embed", format!("persistent embedding cache unavailable: {e}"));
+                    None
+                }
             }
         }
         None => None,
