@@ -94,3 +94,46 @@ fn a_cache_held_by_another_process_is_skipped_not_fatal() {
     assert!(second.status.success(), "{err}");
     assert!(err.contains("persistent embedding cache unavailable"), "{err}");
 }
+
+/// Kafka: after a run, `replay --from-beginning --into` a new collection embeds nothing with
+/// the persistent cache (every vector a cache hit), and builds the same collection.
+#[test]
+fn a_kafka_replay_into_a_new_collection_embeds_nothing_with_the_cache() {
+    use support::kafka::{create_topic, kafka_config, kafka_dataflow, produce, Broker};
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    create_topic(&broker.bootstrap, "articles", 2);
+    let history = random_history(17, 30, 400, false);
+    produce(&broker.bootstrap, "articles", 2, &history);
+    let dataflow = kafka_dataflow(dir.path(), "articles", None);
+    let cache = dir.path().join("embeddings.redb");
+    let extra = format!("embed_cache_path = \"{}\"\n", cache.display());
+    let config = kafka_config(dir.path(), "cached", 2, &broker.bootstrap, "freshet-cache", &extra);
+    let first = run_until_end(&dataflow, &config, &[]);
+    assert!(first["chunks_embedded"].as_u64().unwrap() > 50, "{first}");
+    let replay = freshet()
+        .args(["replay", "--no-progress", "--from-beginning", "--into", "articles_rebuilt", "--dataflow"])
+        .arg(&dataflow)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&replay.stderr));
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["received"].as_u64().unwrap() as usize, history.len(), "{summary}");
+    assert_eq!(summary["chunks_embedded"], 0, "{summary}");
+    assert_eq!(summary["cache_hit_ratio"].as_f64(), Some(1.0), "{summary}");
+    let exported = |collection: &str| {
+        let out = freshet()
+            .args(["export", "--with-vectors", "--collection", collection, "--dataflow"])
+            .arg(&dataflow)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(exported("articles_rebuilt"), exported("articles"));
+}
