@@ -268,21 +268,11 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     Some(wait.min(Duration::from_secs(600)))
 }
 
-/// The time until an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), zero if past.
+/// The time until an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT` and the older forms), zero
+/// if past.
 fn httpdate_wait(v: &str) -> Option<Duration> {
-    let at = humantime::parse_rfc3339(&imf_to_rfc3339(v)?).ok()?;
+    let at = httpdate::parse_http_date(v).ok()?;
     Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
-}
-
-fn imf_to_rfc3339(v: &str) -> Option<String> {
-    // "Sun, 06 Nov 1994 08:49:37 GMT"
-    let mut parts = v.split_whitespace().skip(1);
-    let (day, month, year, time) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| *m == month)?
-        + 1;
-    Some(format!("{year}-{month:02}-{:02}T{time}Z", day.parse::<u32>().ok()?))
 }
 
 impl Embedder for HttpEmbedder {

@@ -26,8 +26,9 @@ fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
     uri.query()?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// Equal strings, compared in time independent of where they differ.
-fn same(a: &str, b: &str) -> bool {
+/// Equal strings, compared in time independent of where they differ (bearer tokens here
+/// and in `freshet embed-server`).
+pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
