@@ -232,6 +232,11 @@ impl EmbedService {
         self.embedder.dimension()
     }
 
+    /// Whether a persistent cache sits behind the in-memory one (lookups then read a file).
+    pub fn has_disk_cache(&self) -> bool {
+        self.disk.is_some()
+    }
+
     /// Vectors in the caches (memory, then disk) for `hashes`, counted as cache hits and
     /// misses. Blocking (the disk cache reads its file).
     pub fn cached(&self, hashes: &[ContentHash]) -> HashMap<ContentHash, Vector> {

@@ -131,9 +131,14 @@ async fn resolve(s: &WriterShared, time: Time, batch: WriteBatch) -> Resolved {
         }
     }
     let hashes: Vec<ContentHash> = needed.keys().copied().collect();
-    let embed = Arc::clone(&s.embed);
-    let lookup = hashes.clone();
-    let mut vectors = tokio::task::spawn_blocking(move || embed.cached(&lookup)).await.unwrap_or_default();
+    // The memory cache is a lookup; only the disk cache is worth a blocking-pool hop.
+    let mut vectors = if s.embed.has_disk_cache() {
+        let embed = Arc::clone(&s.embed);
+        let lookup = hashes.clone();
+        tokio::task::spawn_blocking(move || embed.cached(&lookup)).await.unwrap_or_default()
+    } else {
+        s.embed.cached(&hashes)
+    };
     let mut reused = vectors.len() as u64;
     let missing: Vec<ContentHash> = hashes.iter().filter(|h| !vectors.contains_key(h)).copied().collect();
     if !missing.is_empty() {
@@ -144,9 +149,13 @@ async fn resolve(s: &WriterShared, time: Time, batch: WriteBatch) -> Resolved {
             Ok(Ok(found)) => {
                 let found: Vec<(ContentHash, Vector)> = found.into_iter().map(|(h, v)| (h, v.into())).collect();
                 reused += found.len() as u64;
-                let embed = Arc::clone(&s.embed);
-                let copy = found.clone();
-                let _ = tokio::task::spawn_blocking(move || embed.remember_all(&copy)).await;
+                if s.embed.has_disk_cache() {
+                    let embed = Arc::clone(&s.embed);
+                    let copy = found.clone();
+                    let _ = tokio::task::spawn_blocking(move || embed.remember_all(&copy)).await;
+                } else {
+                    s.embed.remember_all(&found);
+                }
                 vectors.extend(found);
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "looking up known vectors failed; embedding instead"),
