@@ -7,6 +7,7 @@
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Once;
 use std::time::Duration;
 
@@ -44,7 +45,8 @@ pub struct CollectionSpec {
 
 /// An open collection.
 pub struct Collection {
-    shard: EdgeShard,
+    /// Shared with a background index build, which runs without the collection's lock.
+    shard: Arc<EdgeShard>,
     path: PathBuf,
     /// Operation ids handed out in `UpdateResult`s (they restart at 1 with the process).
     last_operation_id: u64,
@@ -104,7 +106,7 @@ impl Collection {
             builder = builder.hnsw_config(hnsw);
         }
         let shard = EdgeShard::new(path, builder.build()).map_err(EmulatorError::engine)?;
-        let collection = Self { shard, path: path.to_path_buf(), last_operation_id: 0 };
+        let collection = Self { shard: Arc::new(shard), path: path.to_path_buf(), last_operation_id: 0 };
         collection.flush()?;
         Ok(collection)
     }
@@ -113,7 +115,7 @@ impl Collection {
     /// [`Self::repair_duplicates`]).
     pub fn load(path: &Path) -> Result<Self, EmulatorError> {
         let shard = EdgeShard::load(path, None).map_err(EmulatorError::engine)?;
-        let mut collection = Self { shard, path: path.to_path_buf(), last_operation_id: 0 };
+        let mut collection = Self { shard: Arc::new(shard), path: path.to_path_buf(), last_operation_id: 0 };
         collection.vector_params()?;
         let repaired = collection.repair_duplicates()?;
         if repaired > 0 {
@@ -233,21 +235,13 @@ impl Collection {
 
     /// Make everything applied so far durable (see [`install_flush_panic_filter`]).
     pub fn flush(&self) -> Result<(), EmulatorError> {
-        for _ in 0..500 {
-            if quietly(|| self.shard.flush()).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Err(EmulatorError::Internal("the engine stayed busy; could not flush the collection".into()))
+        flush_shard(&self.shard)
     }
 
-    /// Run the engine's optimisers (merging segments, building HNSW indexes), then flush.
-    /// Returns whether anything was optimised.
-    pub fn optimize(&self) -> Result<bool, EmulatorError> {
-        let optimized = self.shard.optimize().map_err(EmulatorError::engine)?;
-        self.flush()?;
-        Ok(optimized)
+    /// The shard, for an index build that runs without the collection's lock (see
+    /// [`optimize_shard`]).
+    pub fn shard_for_build(&self) -> Arc<EdgeShard> {
+        Arc::clone(&self.shard)
     }
 
     /// Flush and close the shard.
@@ -259,6 +253,26 @@ impl Collection {
         }
         flushed
     }
+}
+
+/// Make everything applied to `shard` so far durable (see [`install_flush_panic_filter`]).
+pub fn flush_shard(shard: &EdgeShard) -> Result<(), EmulatorError> {
+    for _ in 0..500 {
+        if quietly(|| shard.flush()).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(EmulatorError::Internal("the engine stayed busy; could not flush the collection".into()))
+}
+
+/// Run the engine's optimisers on `shard`, then flush. Qdrant's optimiser builds the new
+/// segments beside the live ones (proxies take the writes made meanwhile), so writes need
+/// not wait: the build runs without the collection's lock, as a Qdrant server's does.
+pub fn optimize_shard(shard: &EdgeShard) -> Result<bool, EmulatorError> {
+    let optimized = shard.optimize().map_err(EmulatorError::engine)?;
+    flush_shard(shard)?;
+    Ok(optimized)
 }
 
 #[cfg(test)]

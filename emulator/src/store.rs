@@ -125,27 +125,28 @@ impl CollectionHandle {
     }
 
     /// If the collection was written and then left without writes for `idle`, build its indexes
-    /// (holding its write lock, so requests wait for the build). Returns `None` if it was not
-    /// due, else whether the engine optimised anything.
+    /// — without its lock: requests, writes included, go on during the build, as on a Qdrant
+    /// server. Returns `None` if it was not due, else whether the engine optimised anything.
     pub async fn optimize_if_idle(&self, idle: Duration) -> Result<Option<bool>, EmulatorError> {
         let is_idle = |d: &Option<Instant>| d.is_some_and(|since| since.elapsed() >= idle);
         if !is_idle(&self.last_write.lock().unwrap_or_else(PoisonError::into_inner)) {
             return Ok(None);
         }
-        let guard = self.state.clone().write_owned().await;
-        {
+        let shard = {
+            let guard = self.state.read().await;
             let mut last_write = self.last_write.lock().unwrap_or_else(PoisonError::into_inner);
             if !is_idle(&last_write) {
                 return Ok(None);
             }
             *last_write = None;
-        }
-        let optimized = tokio::task::spawn_blocking(move || match guard.as_ref() {
-            Some(c) => c.optimize(),
-            None => Ok(false),
-        })
-        .await
-        .map_err(worker_failed)??;
+            match guard.as_ref() {
+                Some(c) => c.shard_for_build(),
+                None => return Ok(Some(false)),
+            }
+        };
+        let optimized = tokio::task::spawn_blocking(move || crate::collection::optimize_shard(&shard))
+            .await
+            .map_err(worker_failed)??;
         Ok(Some(optimized))
     }
 }

@@ -59,6 +59,10 @@ pub struct Bootstrap {
     pub live_docs: usize,
     /// Points read.
     pub points: usize,
+    /// Documents a write torn by a crash touched (named by the in-flight log).
+    pub torn_documents: usize,
+    /// Documents whose points are at different versions (part of a write landed).
+    pub mixed_documents: usize,
 }
 
 #[derive(Default)]
@@ -69,6 +73,8 @@ struct Partial {
     newest: u64,
     meta: Option<Vec<u64>>,
     text_fields: Option<Vec<u64>>,
+    /// The version of the point `text_fields` comes from.
+    text_fields_version: u64,
 }
 
 /// Rebuild state for `peers` workers from the points of a collection whose point ids are
@@ -139,14 +145,23 @@ pub fn rebuild(
                 Some(m) if *m != meta => e.meta = Some(Vec::new()),
                 _ => {}
             }
-            if e.text_fields.is_none() {
+            // The text field hashes of the newest write: a torn write leaves older points
+            // beside newer ones, and an unchanged-TOAST body read again must resolve to the
+            // body of the write before it, not to a body several changes old.
+            if e.text_fields.is_none() || version > e.text_fields_version {
                 e.text_fields = parse_field_hashes(pl.get(keys::TEXT_FIELD_HASHES));
+                e.text_fields_version = version;
             }
         }
     })?;
     let mut workers: Vec<InitialState> = (0..peers.max(1)).map(|_| InitialState::default()).collect();
     let mut live_docs = 0;
+    let mut mixed_documents = 0;
+    let torn_documents = dirty.len();
     for (doc_id, p) in docs {
+        if p.version.is_some_and(|v| v != p.newest) {
+            mixed_documents += 1;
+        }
         let version = p.version.unwrap_or(0);
         if tombstones.docs.get(&doc_id).is_some_and(|t| *t > version) {
             // Deleted after these points were written (the delete's ack was lost).
@@ -200,7 +215,7 @@ pub fn rebuild(
     for w in &mut workers {
         w.truncated_at = tombstones.truncated_at;
     }
-    Ok(Bootstrap { workers, orphans, other_model, live_docs, points })
+    Ok(Bootstrap { workers, orphans, other_model, live_docs, points, torn_documents, mixed_documents })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod progress;
 pub mod reconcile;
 pub mod reindex;
 pub mod store;
+pub mod verify;
 pub mod writer;
 
 use std::path::PathBuf;
@@ -358,6 +359,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         orphans = boot.orphans.len(),
         "state rebuilt from the collection"
     );
+    report_recovery(&live, sink.recovery(), suspects.len(), &boot);
     if !boot.orphans.is_empty() {
         sink.apply(vec![SinkOp::Delete(boot.orphans.iter().map(|(id, _)| *id).collect())])?;
     }
@@ -436,7 +438,10 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
                     if dirty && (idle_ms >= 2_000 || last.elapsed() >= every) {
                         let upto = written;
                         let t = Instant::now();
-                        match sink.optimize() {
+                        metrics_o.index_build_running.set(1);
+                        let built = sink.optimize();
+                        metrics_o.index_build_running.set(0);
+                        match built {
                             Ok(()) => {
                                 activity.optimized.store(upto, Ordering::Relaxed);
                                 tracing::debug!(elapsed_ms = t.elapsed().as_millis() as u64, "index optimised");
@@ -577,11 +582,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         r.map_err(RuntimeError::Dataflow)?;
     }
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "everything acknowledged");
-    optimizer_stop.store(true, Ordering::Relaxed);
-    if !optimizer.is_finished() {
-        tracing::info!("waiting for a background index build to finish");
-    }
-    let _ = optimizer.join();
+    stop_optimizer(sink.as_ref(), optimizer, &optimizer_stop);
     if let Some(b) = bar {
         b.finish();
     }
@@ -607,6 +608,66 @@ struct Activity {
     last_busy_ms: std::sync::atomic::AtomicU64,
     /// [`points_written`] as of the last optimisation.
     optimized: std::sync::atomic::AtomicU64,
+}
+
+/// How long a stop waits for a running index build before leaving it (see
+/// [`VectorSink::stop_during_build`]): a build of a large collection takes minutes, longer
+/// than the grace period of systemd or Kubernetes.
+const BUILD_WAIT_AT_STOP: Duration = Duration::from_secs(3);
+
+/// Stop the background optimiser: wait a moment for a running build, else leave it — every
+/// write is durable and the next start finishes what the build left.
+fn stop_optimizer(sink: &dyn VectorSink, optimizer: std::thread::JoinHandle<()>, stop: &AtomicBool) {
+    stop.store(true, Ordering::Relaxed);
+    let waited = Instant::now();
+    while !optimizer.is_finished() && waited.elapsed() < BUILD_WAIT_AT_STOP {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if optimizer.is_finished() {
+        let _ = optimizer.join();
+        return;
+    }
+    match sink.stop_during_build() {
+        Ok(true) => tracing::warn!(
+            "stopping during a background index build: every write is durable; the next start replays the writes \
+             made during the build and builds the index again"
+        ),
+        Ok(false) => {
+            // Between builds after all: it finishes at once.
+            let _ = optimizer.join();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not flush during the index build; waiting for it instead");
+            let _ = optimizer.join();
+        }
+    }
+}
+
+/// Say what the start found of a crash — in the log and in `/status` — so that a torn or
+/// partial write is visible, not only repaired.
+fn report_recovery(live: &Live, sink: crate::sink::SinkRecovery, torn_points: usize, boot: &bootstrap::Bootstrap) {
+    if !sink.unclean_close && torn_points == 0 && boot.mixed_documents == 0 {
+        return;
+    }
+    tracing::warn!(
+        unclean_close = sink.unclean_close,
+        wal_operations_replayed = sink.wal_operations_replayed,
+        interrupted_replays = sink.interrupted_replays,
+        duplicate_points_repaired = sink.duplicate_points_repaired,
+        torn_write_points = torn_points,
+        torn_documents = boot.torn_documents,
+        mixed_documents = boot.mixed_documents,
+        "recovering from a crash: the documents of torn writes are applied again from the source"
+    );
+    live.set_recovery(serde_json::json!({
+        "unclean_close": sink.unclean_close,
+        "wal_operations_replayed": sink.wal_operations_replayed,
+        "interrupted_replays": sink.interrupted_replays,
+        "duplicate_points_repaired": sink.duplicate_points_repaired,
+        "torn_write_points": torn_points,
+        "torn_documents": boot.torn_documents,
+        "mixed_documents": boot.mixed_documents,
+    }));
 }
 
 /// Points written so far: what the background index build has to catch up with.

@@ -126,6 +126,31 @@ pub trait VectorSink: Send + Sync {
     fn count(&self) -> Result<usize, SinkError>;
     /// Build indexes now (HNSW); the embedded engine calls this in the background.
     fn optimize(&self) -> Result<(), SinkError>;
+    /// Stop while a background index build may still be running, without waiting for it:
+    /// make every write durable and leave the collection so that the next open recovers
+    /// only what the build could have left behind. Returns whether a build was running
+    /// (a Qdrant server builds its indexes by itself: nothing to do).
+    fn stop_during_build(&self) -> Result<bool, SinkError> {
+        Ok(false)
+    }
+    /// What opening the collection found of a crash and repaired (a Qdrant server
+    /// recovers by itself and reports nothing here).
+    fn recovery(&self) -> SinkRecovery {
+        SinkRecovery::default()
+    }
+}
+
+/// Evidence of a crash that opening a collection found, and what it did about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SinkRecovery {
+    /// The collection was not closed cleanly (a crash or kill).
+    pub unclean_close: bool,
+    /// Operations of the engine's WAL re-applied.
+    pub wal_operations_replayed: usize,
+    /// Earlier WAL replays that a crash interrupted (their partial copies are skipped).
+    pub interrupted_replays: usize,
+    /// Points stored twice (a crash during an index build), rewritten once.
+    pub duplicate_points_repaired: usize,
 }
 
 /// How a collection is created (from the dataflow's `[sink]` and the embedder).

@@ -22,6 +22,10 @@ use crate::dataflow::{Routed, Time};
 use crate::source::decode::DecodeSpec;
 use crate::source::{ingest, now_ms, RawRecord, SourceProgress};
 
+/// How often a followed file is checked for new lines once its end is reached (a line
+/// appended waits at most this long to be read).
+const FOLLOW_POLL: Duration = Duration::from_millis(20);
+
 /// Options of the file source.
 #[derive(Debug, Clone)]
 pub struct FileSourceOptions {
@@ -170,6 +174,9 @@ pub fn file_source<'scope>(
                 output.session(&*c).give_iterator(routed.into_iter());
                 outstanding.push_back(time);
             }
+            // Nothing more comes at `time`: let the frontier pass it now, not at the next
+            // pass (at the end of a followed file that is a poll interval away).
+            c.downgrade(&(time + 1));
             progress.set_frontier(index, time + 1);
             if eof {
                 progress.caught_up.store(true, Ordering::Relaxed);
@@ -177,7 +184,7 @@ pub fn file_source<'scope>(
                     progress.finish(index);
                     cap = None;
                 } else {
-                    activator.activate_after(Duration::from_millis(200));
+                    activator.activate_after(FOLLOW_POLL);
                 }
             } else {
                 activator.activate();

@@ -96,10 +96,15 @@ pub struct Status {
     pub embed: EmbedStatus,
     /// Entries in the dead-letter file.
     pub dead_letters: u64,
+    /// Whether the embedded engine is building an index in the background (writes go on).
+    pub index_build_running: bool,
     /// Counters since start.
     pub totals: serde_json::Value,
     /// The last errors, newest first.
     pub last_errors: Vec<RecentError>,
+    /// What the start found of a crash and repaired (absent after a clean stop).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<serde_json::Value>,
 }
 
 /// Broker backlog in `/status`.
@@ -146,6 +151,7 @@ pub struct Live {
     samples: Mutex<VecDeque<Sample>>,
     commit_failures_seen: AtomicU64,
     source_error_seen: AtomicBool,
+    recovery: Mutex<Option<serde_json::Value>>,
 }
 
 impl std::fmt::Debug for Live {
@@ -180,7 +186,15 @@ impl Live {
             samples: Mutex::new(VecDeque::with_capacity(SAMPLES)),
             commit_failures_seen: AtomicU64::new(0),
             source_error_seen: AtomicBool::new(false),
+            recovery: Mutex::new(None),
         })
+    }
+
+    /// Record what the start found of a crash (shown in `/status`).
+    pub fn set_recovery(&self, recovery: serde_json::Value) {
+        if let Ok(mut r) = self.recovery.lock() {
+            *r = Some(recovery);
+        }
     }
 
     /// The metrics.
@@ -380,8 +394,10 @@ impl Live {
                 chunks_embedded: t.chunks_embedded,
             },
             dead_letters: m.dead_letters_in_file(),
+            index_build_running: m.index_build_running.get() > 0,
             totals: super::metrics::summary_json(&t),
             last_errors: m.recent_errors(),
+            recovery: self.recovery.lock().ok().and_then(|r| r.clone()),
         }
     }
 }

@@ -146,6 +146,8 @@ pub struct Metrics {
     pub embed_errors: Family<ErrorKindLabel, Counter>,
     /// 1 while the embedding circuit breaker holds requests back.
     pub embed_breaker_open: Gauge,
+    /// 1 while the embedded engine builds an index in the background.
+    pub index_build_running: Gauge,
     /// Vectors found in the embedding cache.
     pub embed_cache_hits: Counter,
     /// Vectors not in the embedding cache.
@@ -288,6 +290,12 @@ impl Metrics {
             "1 while the embedding circuit breaker holds requests back after repeated failures",
             embed_breaker_open.clone(),
         );
+        let index_build_running = Gauge::default();
+        registry.register(
+            "index_build_running",
+            "1 while the embedded engine builds an index (HNSW) in the background; writes go on meanwhile",
+            index_build_running.clone(),
+        );
         let embed_cache_hits = Counter::default();
         registry.register("embed_cache_hits", "Vectors found in the embedding cache", embed_cache_hits.clone());
         let embed_cache_misses = Counter::default();
@@ -349,6 +357,7 @@ impl Metrics {
             embed_latency,
             embed_errors,
             embed_breaker_open,
+            index_build_running,
             embed_cache_hits,
             embed_cache_misses,
             embed_cache_hit_ratio,

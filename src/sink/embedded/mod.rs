@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 pub mod wal;
 
-use super::{Catalog, CollectionParams, Hit, SinkError, SinkOp, SinkPoint, StoredPoint, VectorSink};
+use super::{Catalog, CollectionParams, Hit, SinkError, SinkOp, SinkPoint, SinkRecovery, StoredPoint, VectorSink};
 use crate::config::IndexKind;
 use crate::model::{keys, ContentHash, Metadata};
 
@@ -33,6 +33,10 @@ pub struct EmbeddedSink {
     write_lock: Mutex<()>,
     /// Exclusive lock on the collection directory: one process at a time.
     _dir_lock: std::fs::File,
+    /// What the open found of a crash and repaired.
+    recovery: SinkRecovery,
+    /// The WAL's end when the running index build started (flushed then), if one runs.
+    building: Mutex<Option<u64>>,
 }
 
 thread_local! {
@@ -70,19 +74,27 @@ const WAL_CHECKPOINT: &str = "freshet.wal-checkpoint";
 /// What an unclean open replays.
 struct Replay {
     ops: Vec<UpdateOperation>,
+    /// Earlier replays a crash interrupted.
+    interrupted: usize,
     checkpoint: Checkpoint,
     /// The WAL's end before the replay.
     wal_end: u64,
 }
 
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 struct Checkpoint {
     /// WAL entries before this number are in the segments.
     wal_end: u64,
-    /// `[start, end)` ranges of entries written by replays after this checkpoint.
+    /// `[start, end)` ranges of entries written by replays after this checkpoint. A replay
+    /// records its range, open-ended (`end` = `u64::MAX`), before it appends anything, and
+    /// closes it when done: a replay a crash interrupted leaves an open range, which covers
+    /// everything up to the WAL's end (nothing else writes while a replay runs).
     #[serde(default)]
     replayed: Vec<[u64; 2]>,
 }
+
+/// The `end` of a replay's range while it runs (see [`Checkpoint::replayed`]).
+const REPLAY_RUNNING: u64 = u64::MAX;
 
 impl Drop for EmbeddedSink {
     fn drop(&mut self) {
@@ -127,6 +139,11 @@ impl EmbeddedSink {
     /// export, search), without needing the embedder.
     pub fn open_existing(data_dir: &Path, collection: &str) -> Result<Self, SinkError> {
         Self::open_with(data_dir, collection, None)
+    }
+
+    /// Whether an index build ([`VectorSink::optimize`]) is running.
+    pub fn build_running(&self) -> bool {
+        self.building.lock().map(|b| b.is_some()).unwrap_or(false)
     }
 
     /// Whether a collection exists under `data_dir`.
@@ -191,12 +208,27 @@ impl EmbeddedSink {
         if clean {
             std::fs::remove_file(&marker).map_err(transient)?;
         }
-        let sink = Self { shard, dimension, path, write_lock: Mutex::new(()), _dir_lock: lock };
-        if let Some(ops) = replay {
+        let mut sink = Self {
+            shard,
+            dimension,
+            path,
+            write_lock: Mutex::new(()),
+            _dir_lock: lock,
+            recovery: SinkRecovery::default(),
+            building: Mutex::new(None),
+        };
+        if let Some(replay) = replay {
             // First the WAL (which ends with the deletes of a repair a crash interrupted,
             // if any), then the repair's journal and the duplicate check.
-            sink.replay_wal(ops)?;
-            sink.repair_duplicates()?;
+            let interrupted_replays = replay.interrupted;
+            let wal_operations_replayed = sink.replay_wal(replay)?;
+            let duplicate_points_repaired = sink.repair_duplicates()?;
+            sink.recovery = SinkRecovery {
+                unclean_close: true,
+                wal_operations_replayed,
+                interrupted_replays,
+                duplicate_points_repaired,
+            };
         }
         if !exists {
             sink.flush()?;
@@ -230,12 +262,27 @@ impl EmbeddedSink {
     /// The update operations the engine logged after the last checkpoint (but not the
     /// copies earlier replays wrote), and the checkpoint with the WAL's end.
     fn wal_since_checkpoint(path: &Path) -> Result<Replay, SinkError> {
-        let checkpoint = Self::read_checkpoint(path)?;
+        let mut checkpoint = Self::read_checkpoint(path)?;
         let mut tail = wal::tail(&path.join("wal"), checkpoint.wal_end)
             .map_err(|e| SinkError::Permanent(format!("reading the engine's WAL of {}: {e}", path.display())))?;
+        let mut interrupted = 0;
+        for range in checkpoint.replayed.iter_mut().filter(|[_, end]| *end == REPLAY_RUNNING) {
+            interrupted += 1;
+            // Regression (issue 13): a replay killed part-way left a copy of the oldest
+            // operations after the newest ones; replayed again in WAL order, it put
+            // documents back to their snapshot text, and their updates, already
+            // committed, were never read again.
+            tracing::warn!(
+                path = %path.display(),
+                from = range[0],
+                to = tail.end,
+                "an earlier WAL replay was interrupted by a crash; skipping the partial copy it wrote"
+            );
+            range[1] = tail.end;
+        }
         tail.records.retain(|(i, _)| !checkpoint.replayed.iter().any(|[a, b]| (*a..*b).contains(i)));
         let ops = tail.operations().map_err(SinkError::Permanent)?;
-        Ok(Replay { ops, checkpoint, wal_end: tail.end })
+        Ok(Replay { ops, interrupted, checkpoint, wal_end: tail.end })
     }
 
     /// The number after the WAL's last entry.
@@ -276,17 +323,30 @@ impl EmbeddedSink {
     /// this replay restored, so until a clean close every recovery replays from the same
     /// place — skipping the copies earlier recoveries appended, so the work does not
     /// double with each crash.
-    fn replay_wal(&self, replay: Replay) -> Result<(), SinkError> {
-        let Replay { ops, mut checkpoint, wal_end } = replay;
-        if !ops.is_empty() {
-            tracing::warn!(
-                path = %self.path.display(),
-                operations = ops.len(),
-                "the collection was not closed cleanly; replaying the engine's WAL since the last clean close"
-            );
+    fn replay_wal(&self, replay: Replay) -> Result<usize, SinkError> {
+        let Replay { ops, mut checkpoint, wal_end, .. } = replay;
+        if ops.is_empty() {
+            // Ranges of interrupted replays were closed when the WAL was read.
+            self.checkpoint(Some(checkpoint))?;
+            return Ok(0);
         }
+        let replayed = ops.len();
+        tracing::warn!(
+            path = %self.path.display(),
+            operations = ops.len(),
+            "the collection was not closed cleanly; replaying the engine's WAL since the last clean close"
+        );
+        // The copies this replay appends are named before the first is written: a crash
+        // in the middle must not leave old operations after newer ones for the next replay.
+        checkpoint.replayed.push([wal_end, REPLAY_RUNNING]);
+        self.checkpoint(Some(checkpoint.clone()))?;
+        let abort_after = fault_abort_after_replayed_ops();
         let mut failed = 0usize;
-        for op in ops {
+        for (n, op) in ops.into_iter().enumerate() {
+            if abort_after == Some(n) {
+                tracing::error!(replayed = n, "fault injection: aborting in the middle of the WAL replay");
+                std::process::abort();
+            }
             if let Err(e) = self.shard.update(op) {
                 failed += 1;
                 tracing::debug!(error = %e, "a replayed operation failed (as it did when first applied)");
@@ -297,22 +357,24 @@ impl EmbeddedSink {
         }
         self.flush()?;
         let end = self.wal_end()?;
-        if end > wal_end {
-            checkpoint.replayed.push([wal_end, end]);
+        if let Some(last) = checkpoint.replayed.last_mut() {
+            last[1] = end;
         }
-        self.checkpoint(Some(checkpoint))
+        self.checkpoint(Some(checkpoint))?;
+        Ok(replayed)
     }
 
     /// An optimisation writes its new segment before it removes the segments it replaces;
     /// a process killed in between leaves both on disk, and qdrant-edge 0.7.1 (unlike
-    /// Qdrant) does not deduplicate points on load — reads may then find either copy, and
-    /// later writes update only one. Optimisations run under the write lock, so the copies
-    /// are identical: rewriting every point once (delete, then upsert the copy read) makes
-    /// the collection whole again. Detected by the exact count exceeding the distinct ids.
+    /// Qdrant) does not deduplicate points on load. Writes go on during a build, so the
+    /// copies may differ; a read returns each point's newest copy (the engine compares the
+    /// versions, the numbers of the operations that wrote them), and rewriting every point
+    /// once (delete every copy, then upsert the copy read) makes the collection whole
+    /// again. Detected by the exact count exceeding the distinct ids.
     ///
     /// Crash-safe: each page is journalled (fsync) before its points are deleted, and a
     /// journal found at open is applied first.
-    fn repair_duplicates(&self) -> Result<(), SinkError> {
+    fn repair_duplicates(&self) -> Result<usize, SinkError> {
         let journal = self.path.join(REPAIR_JOURNAL);
         if journal.exists() {
             let bytes = std::fs::read(&journal).map_err(transient)?;
@@ -330,7 +392,7 @@ impl EmbeddedSink {
             Ok(())
         })?;
         if distinct == total {
-            return Ok(());
+            return Ok(0);
         }
         tracing::warn!(
             path = %self.path.display(),
@@ -354,7 +416,7 @@ impl EmbeddedSink {
                 self.path.display()
             )));
         }
-        Ok(())
+        Ok(total - distinct)
     }
 
     /// Delete `points` (every copy) and upsert them once, durably; with `journal`, record
@@ -536,6 +598,12 @@ impl EmbeddedSink {
     }
 }
 
+/// Fault injection for crash tests: `FRESHET_FAULT_ABORT_AFTER_REPLAYED_OPS=N` aborts the
+/// process (as a kill would) after the WAL replay has re-applied `N` operations.
+fn fault_abort_after_replayed_ops() -> Option<usize> {
+    std::env::var("FRESHET_FAULT_ABORT_AFTER_REPLAYED_OPS").ok()?.parse().ok()
+}
+
 fn payload_of(m: &Metadata) -> qdrant_edge::Payload {
     qdrant_edge::Payload(m.clone())
 }
@@ -688,13 +756,42 @@ impl VectorSink for EmbeddedSink {
         self.shard.count(qdrant_edge::CountRequest { filter: None, exact: true }).map_err(transient)
     }
 
-    /// Holds the write lock, so that the segments an optimisation copies are not written
-    /// meanwhile: a kill in the middle then leaves identical copies, which
-    /// `repair_duplicates` resolves at the next open. Writes wait for the index build.
+    /// Writes never wait for the build: Qdrant's optimiser builds the new segments beside
+    /// the live ones — proxies take the writes made meanwhile — and swaps them in, so only
+    /// the flushes before and after it take the write lock. A kill in the middle leaves the
+    /// old segments beside the new (with newer copies of the points written meanwhile); the
+    /// next open replays the WAL and keeps each point's newest copy (`repair_duplicates`).
     fn optimize(&self) -> Result<(), SinkError> {
+        {
+            let _guard = self.write_lock.lock().map_err(|_| SinkError::Transient("write lock poisoned".into()))?;
+            self.flush()?;
+            let start = self.wal_end()?;
+            *self.building.lock().map_err(|_| transient("build marker poisoned"))? = Some(start);
+        }
+        let built = self.shard.optimize().map_err(transient);
         let _guard = self.write_lock.lock().map_err(|_| SinkError::Transient("write lock poisoned".into()))?;
-        self.shard.optimize().map_err(transient)?;
-        self.flush()
+        let flushed = self.flush();
+        *self.building.lock().map_err(|_| transient("build marker poisoned"))? = None;
+        built?;
+        flushed
+    }
+
+    /// Everything written is flushed; the checkpoint moves to the build's start, which
+    /// everything before was flushed at (no torn flush since: this is no crash), and the
+    /// clean marker stays absent — so the next open replays the writes made during the
+    /// build and resolves the copies an interrupted swap may leave.
+    fn stop_during_build(&self) -> Result<bool, SinkError> {
+        let _guard = self.write_lock.lock().map_err(|_| SinkError::Transient("write lock poisoned".into()))?;
+        let Some(start) = *self.building.lock().map_err(|_| transient("build marker poisoned"))? else {
+            return Ok(false);
+        };
+        self.flush()?;
+        self.checkpoint(Some(Checkpoint { wal_end: start, replayed: Vec::new() }))?;
+        Ok(true)
+    }
+
+    fn recovery(&self) -> SinkRecovery {
+        self.recovery.clone()
     }
 }
 
