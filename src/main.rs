@@ -122,6 +122,11 @@ enum Command {
         /// Override the number of worker threads (per process).
         #[arg(long)]
         workers: Option<usize>,
+        /// Remove the points found at start-up not to belong to the dataflow's documents
+        /// even when they are more than `[safety]` allows (by default the run refuses to
+        /// start and deletes nothing).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         cluster: ClusterArgs,
     },
@@ -142,6 +147,9 @@ enum Command {
         /// Override the number of worker threads.
         #[arg(long)]
         workers: Option<usize>,
+        /// As `run --force`: remove points that do not belong even past the `[safety]` limit.
+        #[arg(long)]
+        force: bool,
     },
     /// Move the collection to another embedding model with no downtime: build
     /// `<collection>__<new model>` from the current one while the pipeline keeps running
@@ -304,7 +312,7 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     telemetry::init_tracing(cli.log_json);
     match cli.command {
-        Command::Run { common, input, until_end, workers, cluster } => {
+        Command::Run { common, input, until_end, workers, force, cluster } => {
             let (mut spec, mut config) = load(&common)?;
             if let Some(i) = input {
                 spec.source.path = Some(i);
@@ -312,6 +320,7 @@ fn real_main() -> Result<()> {
             if let Some(w) = workers {
                 config.workers = w.max(1);
             }
+            config.safety.force_bulk_delete |= force;
             let stop = Arc::new(AtomicBool::new(false));
             {
                 let stop = Arc::clone(&stop);
@@ -323,11 +332,12 @@ fn real_main() -> Result<()> {
             println!("{}", summary_json(&totals));
             Ok(())
         }
-        Command::Replay { common, from, into, no_progress, workers } => {
+        Command::Replay { common, from, into, no_progress, workers, force } => {
             let (spec, mut config) = load(&common)?;
             if let Some(w) = workers {
                 config.workers = w.max(1);
             }
+            config.safety.force_bulk_delete |= force;
             let start = if from.from_beginning {
                 StartPosition::Beginning
             } else if let Some(o) = &from.from_offsets {
