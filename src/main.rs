@@ -181,13 +181,18 @@ enum Command {
     },
     /// Find and remove points that should not be in the collection (written behind
     /// freshet's back, of another model, of deleted documents, torn by a crash); prints a
-    /// JSON report by reason. Run it while the pipeline is stopped.
+    /// JSON report by reason. Run it while the pipeline is stopped. Refuses a collection of
+    /// another model than the dataflow's, and stops (exit code 1, nothing deleted) when it
+    /// would delete more than `[safety]` allows, unless `--force`.
     Reconcile {
         #[command(flatten)]
         common: Common,
-        /// Report only; change nothing.
+        /// Report what a run would do; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Delete even more points than the `[safety]` limit allows.
+        #[arg(long)]
+        force: bool,
     },
     /// Write every point as one JSON object per line, sorted by id.
     Export {
@@ -396,11 +401,14 @@ fn real_main() -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Reconcile { common, dry_run } => {
+        Command::Reconcile { common, dry_run, force } => {
             let (spec, config) = load(&common)?;
-            let report = runtime::reconcile::reconcile(&spec, &config, dry_run)?;
+            let report = runtime::reconcile::reconcile(&spec, &config, dry_run, force)?;
             println!("{}", serde_json::to_string(&report)?);
-            Ok(())
+            match (&report.stopped, dry_run) {
+                (Some(why), false) => bail!("{why}"),
+                _ => Ok(()),
+            }
         }
         Command::Export { common, collection, with_vectors } => {
             let (mut spec, config) = load(&common)?;
