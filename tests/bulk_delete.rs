@@ -2,7 +2,8 @@
 //! of points that cannot belong to the dataflow's documents stops before deleting when
 //! they are more than `[safety]` allows — the shape of a stale or mismatched configuration
 //! (a dataflow naming another pipeline's collection, as `replay --into` an existing
-//! collection would; a stale tombstone log) — and proceeds with `--force`.
+//! collection would) — and proceeds with `--force`; a table TRUNCATE can be refused
+//! (`source.truncate = "dead-letter"`) and then deletes nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -98,6 +99,49 @@ fn a_dataflow_pointed_at_another_pipelines_collection_deletes_nothing() {
     assert!(stderr.contains(&format!("would delete {n} of the collection's {n} points")), "{stderr}");
     assert!(stderr.contains(&format!("wrong_id: {n}")), "{stderr}");
     assert_eq!(export(&dataflow, &config, true), before, "the other pipeline's collection is whole");
+}
+
+/// `source.truncate = "dead-letter"`: a TRUNCATE deletes nothing and is dead-lettered
+/// (`truncate_refused`); with the default (`apply`) the same history empties the
+/// collection, as the source table is empty.
+#[test]
+fn a_refused_truncate_deletes_nothing_and_is_dead_lettered() {
+    let history = random_history(63, 30, 300, false);
+    let last_lsn = history
+        .iter()
+        .filter_map(|e| match e {
+            Ev::Upsert { lsn, .. } | Ev::Delete { lsn, .. } | Ev::Truncate { lsn } => Some(*lsn),
+            Ev::Tombstone => None,
+        })
+        .max()
+        .unwrap();
+    let mut with_truncate = history.clone();
+    with_truncate.push(Ev::Truncate { lsn: last_lsn + 10 });
+    for refuse in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("events.jsonl");
+        write_events(&input, &with_truncate);
+        let dataflow = test_dataflow(dir.path(), &input);
+        if refuse {
+            let text = std::fs::read_to_string(&dataflow)
+                .unwrap()
+                .replace("table = \"public.articles\"\n", "table = \"public.articles\"\ntruncate = \"dead-letter\"\n");
+            std::fs::write(&dataflow, text).unwrap();
+        }
+        let config = test_config(dir.path(), 2);
+        let summary = run_until_end(&dataflow, &config, &[]);
+        let spec = freshet::config::DataflowSpec::load(&dataflow).unwrap();
+        if refuse {
+            let expected = oracle(&spec, &history, "freshet/hash-16", 16);
+            assert!(!expected.export.is_empty());
+            assert_export_matches(&export(&dataflow, &config, true), &expected.export);
+            assert_eq!(summary["dead_lettered"].as_u64().unwrap() as usize, expected.dead_lettered + 1, "{summary}");
+            let dead = std::fs::read_to_string(dir.path().join("data/dead-letter.jsonl")).unwrap();
+            assert_eq!(dead.lines().filter(|l| l.contains("\"truncate_refused\"")).count(), 1, "{dead}");
+        } else {
+            assert_eq!(export(&dataflow, &config, false), "", "an applied truncate empties the collection");
+        }
+    }
 }
 
 /// A tombstone log that does not belong to the collection (another pipeline's data
