@@ -122,6 +122,11 @@ enum Command {
         /// Override the number of worker threads (per process).
         #[arg(long)]
         workers: Option<usize>,
+        /// Remove the points found at start-up not to belong to the dataflow's documents
+        /// even when they are more than `[safety]` allows (by default the run refuses to
+        /// start and deletes nothing).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         cluster: ClusterArgs,
     },
@@ -142,6 +147,9 @@ enum Command {
         /// Override the number of worker threads.
         #[arg(long)]
         workers: Option<usize>,
+        /// As `run --force`: remove points that do not belong even past the `[safety]` limit.
+        #[arg(long)]
+        force: bool,
     },
     /// Move the collection to another embedding model with no downtime: build
     /// `<collection>__<new model>` from the current one while the pipeline keeps running
@@ -173,13 +181,18 @@ enum Command {
     },
     /// Find and remove points that should not be in the collection (written behind
     /// freshet's back, of another model, of deleted documents, torn by a crash); prints a
-    /// JSON report by reason. Run it while the pipeline is stopped.
+    /// JSON report by reason. Run it while the pipeline is stopped. Refuses a collection of
+    /// another model than the dataflow's, and stops (exit code 1, nothing deleted) when it
+    /// would delete more than `[safety]` allows, unless `--force`.
     Reconcile {
         #[command(flatten)]
         common: Common,
-        /// Report only; change nothing.
+        /// Report what a run would do; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Delete even more points than the `[safety]` limit allows.
+        #[arg(long)]
+        force: bool,
     },
     /// Write every point as one JSON object per line, sorted by id.
     Export {
@@ -304,7 +317,7 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     telemetry::init_tracing(cli.log_json);
     match cli.command {
-        Command::Run { common, input, until_end, workers, cluster } => {
+        Command::Run { common, input, until_end, workers, force, cluster } => {
             let (mut spec, mut config) = load(&common)?;
             if let Some(i) = input {
                 spec.source.path = Some(i);
@@ -312,6 +325,7 @@ fn real_main() -> Result<()> {
             if let Some(w) = workers {
                 config.workers = w.max(1);
             }
+            config.safety.force_bulk_delete |= force;
             let stop = Arc::new(AtomicBool::new(false));
             {
                 let stop = Arc::clone(&stop);
@@ -323,11 +337,12 @@ fn real_main() -> Result<()> {
             println!("{}", summary_json(&totals));
             Ok(())
         }
-        Command::Replay { common, from, into, no_progress, workers } => {
+        Command::Replay { common, from, into, no_progress, workers, force } => {
             let (spec, mut config) = load(&common)?;
             if let Some(w) = workers {
                 config.workers = w.max(1);
             }
+            config.safety.force_bulk_delete |= force;
             let start = if from.from_beginning {
                 StartPosition::Beginning
             } else if let Some(o) = &from.from_offsets {
@@ -386,11 +401,14 @@ fn real_main() -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Reconcile { common, dry_run } => {
+        Command::Reconcile { common, dry_run, force } => {
             let (spec, config) = load(&common)?;
-            let report = runtime::reconcile::reconcile(&spec, &config, dry_run)?;
+            let report = runtime::reconcile::reconcile(&spec, &config, dry_run, force)?;
             println!("{}", serde_json::to_string(&report)?);
-            Ok(())
+            match (&report.stopped, dry_run) {
+                (Some(why), false) => bail!("{why}"),
+                _ => Ok(()),
+            }
         }
         Command::Export { common, collection, with_vectors } => {
             let (mut spec, config) = load(&common)?;

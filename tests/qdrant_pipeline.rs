@@ -11,7 +11,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use support::qdrant::{qdrant_config, real_qdrant_url, with_qdrant_sink, Emulator};
+use support::qdrant::{qdrant_config, real_qdrant_url, with_qdrant_sink, Emulator, ServerCleanup};
 use support::*;
 
 fn spec_of(dataflow: &std::path::Path) -> freshet::config::DataflowSpec {
@@ -42,22 +42,42 @@ proptest! {
     }
 }
 
-/// The same history through a real Qdrant server (a fresh collection name per run).
+/// The same history through a real Qdrant server (a fresh collection name per run; the
+/// collection and its alias are removed afterwards, also when the test fails).
 #[test]
 #[ignore = "needs a real Qdrant server: set FRESHET_TEST_QDRANT_URL=http://host:6334 and run with --include-ignored"]
 fn a_history_through_a_real_qdrant_server_matches_the_oracle() {
     let url = real_qdrant_url().expect("FRESHET_TEST_QDRANT_URL is not set");
+    let name = format!("freshet_test_{}", std::process::id());
+    let cleanup = ServerCleanup::new(&url, &name);
+    history_through_a_server_matches_the_oracle(&url, &name);
+    cleanup.clean();
+    assert_eq!(cleanup.leftovers(), Vec::<String>::new(), "the test removes what it created");
+}
+
+/// The real-server test's body and clean-up, on the emulator (which lists and deletes
+/// aliases and collections as Qdrant does).
+#[test]
+fn the_server_test_cleans_up_what_it_creates() {
+    let emulator = Emulator::start();
+    let cleanup = ServerCleanup::new(&emulator.url(), "freshet_test_");
+    history_through_a_server_matches_the_oracle(&emulator.url(), "freshet_test_emulated");
+    assert_eq!(
+        cleanup.leftovers(),
+        ["alias freshet_test_emulated", "collection freshet_test_emulated__freshet-hash-16"],
+        "what the test creates"
+    );
+    cleanup.clean();
+    assert_eq!(cleanup.leftovers(), Vec::<String>::new());
+}
+
+fn history_through_a_server_matches_the_oracle(url: &str, name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
     let history = random_history(11, 40, 800, true);
     write_events(&input, &history);
-    let dataflow = with_qdrant_sink(&test_dataflow(dir.path(), &input));
-    let name = format!("freshet_test_{}", std::process::id());
-    let text = std::fs::read_to_string(&dataflow)
-        .unwrap()
-        .replace("collection = \"articles\"", &format!("collection = \"{name}\""));
-    std::fs::write(&dataflow, text).unwrap();
-    let config = qdrant_config(dir.path(), 2, &url, "");
+    let dataflow = with_collection(&with_qdrant_sink(&test_dataflow(dir.path(), &input)), name);
+    let config = qdrant_config(dir.path(), 2, url, "");
     run_until_end(&dataflow, &config, &[]);
     let expected = oracle(&spec_of(&dataflow), &history, "freshet/hash-16", 16);
     assert_export_matches(&export(&dataflow, &config, true), &expected.export);

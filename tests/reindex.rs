@@ -23,12 +23,6 @@ fn spec_of(dataflow: &Path) -> freshet::config::DataflowSpec {
     freshet::config::DataflowSpec::load(dataflow).unwrap()
 }
 
-fn new_embedder_file(dir: &Path) -> std::path::PathBuf {
-    let p = dir.join("new-embedder.toml");
-    std::fs::write(&p, "[embedder]\nkind = \"hash\"\ndimension = 16\nseed = 7\nmax_wait_ms = 5\n").unwrap();
-    p
-}
-
 fn reindex(dataflow: &Path, config: &Path, embedder: &Path, extra: &[&str]) -> Value {
     let out = freshet()
         .args(["reindex", "--no-progress", "--dataflow"])
@@ -42,12 +36,6 @@ fn reindex(dataflow: &Path, config: &Path, embedder: &Path, extra: &[&str]) -> V
         .unwrap();
     assert!(out.status.success(), "reindex failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap()
-}
-
-/// Switch the dataflow file to the new embedder (what the operator does after reindex).
-fn use_new_embedder(dataflow: &Path) {
-    let text = std::fs::read_to_string(dataflow).unwrap().replace("dimension = 16\n", "dimension = 16\nseed = 7\n");
-    std::fs::write(dataflow, text).unwrap();
 }
 
 /// Documents alive at the end of `events` and untouched by `later`.

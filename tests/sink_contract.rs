@@ -20,7 +20,7 @@ use freshet::sink::embedded::EmbeddedCatalog;
 use freshet::sink::qdrant::QdrantCatalog;
 use freshet::sink::{open_for_writing, Catalog, CollectionParams, SinkOp, SinkPoint, VectorSink};
 use serde_json::json;
-use support::qdrant::{real_qdrant_url, Emulator};
+use support::qdrant::{real_qdrant_url, Emulator, ServerCleanup};
 use uuid::Uuid;
 
 const MODEL: &str = "test/model-a";
@@ -231,6 +231,7 @@ fn qdrant_sink_on_a_real_server_keeps_the_contract() {
     let url = real_qdrant_url().expect("FRESHET_TEST_QDRANT_URL is not set");
     let catalog = qdrant(&url, 64);
     let prefix = format!("freshet_test_{}_", std::process::id());
+    let _cleanup = ServerCleanup::new(&url, &prefix);
     contract(&catalog, &prefix);
     large_writes_keep_order(&catalog, &prefix);
 }

@@ -49,6 +49,23 @@ pub struct SourceSpec {
     /// with `print.key=true` uses a tab).
     #[serde(default)]
     pub key_separator: Option<String>,
+    /// What a `TRUNCATE` of the table (Debezium `op: "t"`) does: `apply` deletes every
+    /// document older than it (the table was emptied); `dead-letter` deletes nothing and
+    /// writes it to the dead-letter file with reason `truncate_refused` (where a truncate is
+    /// maintenance rather than data, e.g. a table reloaded in place).
+    #[serde(default)]
+    pub truncate: TruncatePolicy,
+}
+
+/// What a table truncate does (`source.truncate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TruncatePolicy {
+    /// Delete every document older than the truncate.
+    #[default]
+    Apply,
+    /// Delete nothing; dead-letter the truncate (`truncate_refused`).
+    DeadLetter,
 }
 
 /// Kinds of source.

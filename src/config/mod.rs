@@ -8,9 +8,11 @@ mod runtime;
 
 pub use dataflow::{
     ChunkerSpec, DataflowSpec, Distance, DocumentSpec, EmbedderKind, EmbedderSpec, IndexKind, SinkKind, SinkSpec,
-    SourceFormat, SourceKind, SourceSpec, TemplatePart, TextTemplate,
+    SourceFormat, SourceKind, SourceSpec, TemplatePart, TextTemplate, TruncatePolicy,
 };
-pub use runtime::{ClusterConfig, KafkaConfig, QdrantConfig, RuntimeConfig, StartFrom, OWNED_KAFKA_PROPERTIES};
+pub use runtime::{
+    ClusterConfig, KafkaConfig, QdrantConfig, RuntimeConfig, SafetyConfig, StartFrom, OWNED_KAFKA_PROPERTIES,
+};
 
 use std::path::{Path, PathBuf};
 

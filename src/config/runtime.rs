@@ -58,6 +58,72 @@ pub struct RuntimeConfig {
     /// overrides the addresses.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// Guards on bulk deletes.
+    #[serde(default)]
+    pub safety: SafetyConfig,
+}
+
+/// Guards against a stale or mismatched configuration turning into a mass deletion
+/// (`[safety]`). A bulk delete — `freshet reconcile`, or the removal at start-up of points
+/// that cannot belong to the dataflow's documents — stops before deleting anything when it
+/// would remove more points than the limit: `max_bulk_delete_ratio` of the collection,
+/// but never less than `min_bulk_delete_points` nor more than `max_bulk_delete_points`.
+/// `--force` (or `force_bulk_delete`) lets it proceed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyConfig {
+    /// Share of the collection's points (0 to 1) one bulk delete may remove without
+    /// `--force`.
+    #[serde(default = "default_max_bulk_delete_ratio")]
+    pub max_bulk_delete_ratio: f64,
+    /// Most points one bulk delete may remove without `--force`, whatever the size of the
+    /// collection.
+    #[serde(default = "default_max_bulk_delete_points")]
+    pub max_bulk_delete_points: usize,
+    /// A bulk delete of at most this many points is never stopped (a few strays in a small
+    /// collection).
+    #[serde(default = "default_min_bulk_delete_points")]
+    pub min_bulk_delete_points: usize,
+    /// Proceed with bulk deletes over the limit as if `--force` were given (every run).
+    #[serde(default)]
+    pub force_bulk_delete: bool,
+}
+
+fn default_max_bulk_delete_ratio() -> f64 {
+    0.01
+}
+fn default_max_bulk_delete_points() -> usize {
+    10_000
+}
+fn default_min_bulk_delete_points() -> usize {
+    10
+}
+
+impl Default for SafetyConfig {
+    fn default() -> Self {
+        Self {
+            max_bulk_delete_ratio: default_max_bulk_delete_ratio(),
+            max_bulk_delete_points: default_max_bulk_delete_points(),
+            min_bulk_delete_points: default_min_bulk_delete_points(),
+            force_bulk_delete: false,
+        }
+    }
+}
+
+impl SafetyConfig {
+    /// The most points one bulk delete may remove from a collection of `points` without
+    /// `--force`.
+    ///
+    /// ```
+    /// let s = freshet::config::SafetyConfig::default();
+    /// assert_eq!(s.bulk_delete_limit(100), 10, "a small collection: min_bulk_delete_points");
+    /// assert_eq!(s.bulk_delete_limit(58_298), 582, "1%");
+    /// assert_eq!(s.bulk_delete_limit(5_000_000), 10_000, "max_bulk_delete_points");
+    /// ```
+    pub fn bulk_delete_limit(&self, points: usize) -> usize {
+        let share = (self.max_bulk_delete_ratio * points as f64).floor() as usize;
+        share.max(self.min_bulk_delete_points).min(self.max_bulk_delete_points.max(self.min_bulk_delete_points))
+    }
 }
 
 /// A timely cluster (`[cluster]`): every process runs `workers` worker threads; documents
@@ -210,6 +276,7 @@ impl Default for RuntimeConfig {
             kafka: None,
             qdrant: None,
             cluster: None,
+            safety: SafetyConfig::default(),
         }
     }
 }
@@ -239,6 +306,13 @@ impl RuntimeConfig {
         if self.http_token.as_deref().is_some_and(|t| t.is_empty() || t.chars().any(|c| c.is_whitespace() || c == '&'))
         {
             return Err(bad("`http_token` must be non-empty, without spaces or `&`"));
+        }
+        let s = &self.safety;
+        if !(0.0..=1.0).contains(&s.max_bulk_delete_ratio) {
+            return Err(bad("`safety.max_bulk_delete_ratio` must be between 0 and 1 (a share of the collection)"));
+        }
+        if s.min_bulk_delete_points > s.max_bulk_delete_points {
+            return Err(bad("`safety.min_bulk_delete_points` must not exceed `safety.max_bulk_delete_points`"));
         }
         if let Some(q) = &self.qdrant {
             if !(q.url.starts_with("http://") || q.url.starts_with("https://")) {
@@ -286,6 +360,26 @@ mod tests {
         let cfg: RuntimeConfig = parse_toml(Path::new("x.toml"), text).expect("parses");
         let err = cfg.validate(Path::new("x.toml")).expect_err("owned property");
         assert!(err.to_string().contains("enable.auto.commit"), "{err}");
+    }
+
+    #[test]
+    fn safety_defaults_and_ranges() {
+        let cfg: RuntimeConfig = parse_toml(Path::new("x.toml"), "").expect("parses");
+        assert_eq!(cfg.safety, SafetyConfig::default());
+        let text = "[safety]\nmax_bulk_delete_ratio = 0.1\nmax_bulk_delete_points = 50\nmin_bulk_delete_points = 0\n";
+        let cfg: RuntimeConfig = parse_toml(Path::new("x.toml"), text).expect("parses");
+        let cfg = cfg.validate(Path::new("x.toml")).expect("valid");
+        assert_eq!((cfg.safety.bulk_delete_limit(100), cfg.safety.bulk_delete_limit(10_000)), (10, 50));
+        for bad in [
+            "[safety]\nmax_bulk_delete_ratio = 1.5\n",
+            "[safety]\nmin_bulk_delete_points = 20\nmax_bulk_delete_points = 10\n",
+        ] {
+            let cfg: RuntimeConfig = parse_toml(Path::new("x.toml"), bad).expect("parses");
+            let err = cfg.validate(Path::new("x.toml")).expect_err(bad);
+            assert!(err.to_string().contains("safety."), "{err}");
+        }
+        let err = parse_toml::<RuntimeConfig>(Path::new("x.toml"), "[safety]\nmax_delete = 3\n").expect_err("unknown");
+        assert!(err.to_string().contains("max_delete"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{DataflowSpec, TemplatePart, TextTemplate};
+use crate::config::{DataflowSpec, TemplatePart, TextTemplate, TruncatePolicy};
 use crate::dataflow::chunk::Chunker;
 use crate::model::{
     str_hash, value_hash, ChangeClass, ChangeOp, ChunkUpsert, ContentHash, DocChange, DocId, DocWrite, FieldValue,
@@ -88,6 +88,7 @@ pub struct DocShape {
     text_fields: Vec<String>,
     meta_fields: Vec<String>,
     chunker: Chunker,
+    truncate: TruncatePolicy,
 }
 
 impl DocShape {
@@ -99,7 +100,13 @@ impl DocShape {
             template,
             meta_fields: spec.document.metadata.clone(),
             chunker: Chunker::new(&spec.chunker),
+            truncate: spec.source.truncate,
         }
+    }
+
+    /// Table truncates are dead-lettered instead of applied (`source.truncate`).
+    pub fn refuses_truncates(&self) -> bool {
+        self.truncate == TruncatePolicy::DeadLetter
     }
 
     /// Metadata field names, in payload order.

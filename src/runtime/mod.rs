@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod progress;
 pub mod reconcile;
 pub mod reindex;
+pub mod safety;
 pub mod store;
 pub mod verify;
 pub mod writer;
@@ -36,7 +37,7 @@ use crate::embed::Embedder;
 use crate::model::collection_namespace;
 use crate::sink::embedded::EmbeddedCatalog;
 use crate::sink::qdrant::QdrantCatalog;
-use crate::sink::{open_for_writing, Catalog, CollectionParams, SinkOp, VectorSink};
+use crate::sink::{open_for_writing, Catalog, CollectionParams, VectorSink};
 use crate::source::decode::DecodeSpec;
 use crate::source::file::{file_source, FileSourceOptions};
 use crate::source::kafka::reader::{kafka_source, KafkaSourceOptions};
@@ -360,9 +361,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         "state rebuilt from the collection"
     );
     report_recovery(&live, sink.recovery(), suspects.len(), &boot);
-    if !boot.orphans.is_empty() {
-        sink.apply(vec![SinkOp::Delete(boot.orphans.iter().map(|(id, _)| *id).collect())])?;
-    }
+    safety::remove_orphans(sink.as_ref(), &physical, &boot, &config.safety)?;
     if !suspects.is_empty() {
         inflight.done(store::InflightLog::CARRIED).map_err(io("updating the in-flight write log"))?;
     }

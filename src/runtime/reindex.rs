@@ -39,7 +39,7 @@ use crate::config::{DataflowSpec, EmbedderSpec, RuntimeConfig};
 use crate::embed::Embedder;
 use crate::model::{keys, ContentHash, DocId, Metadata};
 use crate::sink::{
-    open_for_writing, versioned_name, CollectionParams, SinkError, SinkOp, SinkPoint, StoredPoint, VectorSink,
+    open_for_writing, versioned_name, Catalog, CollectionParams, SinkError, SinkOp, SinkPoint, StoredPoint, VectorSink,
 };
 
 /// Options of `freshet reindex`.
@@ -461,6 +461,7 @@ pub fn reindex(opts: ReindexOptions, stop: Arc<AtomicBool>) -> Result<ReindexRep
     }
     super::store::copy_state(&config.data_dir, &old_name, &new_name).map_err(io("carrying the state log over"))?;
     catalog.switch_alias(&name, &new_name)?;
+    confirm_alias(catalog.as_ref(), &name, &new_name)?;
     tracing::info!(alias = %name, collection = %new_name, points = new_count, "alias switched");
     let (chunks_embedded, vectors_reused, live_documents_mirrored) = (
         mirror.embedded.load(Ordering::Relaxed),
@@ -472,8 +473,7 @@ pub fn reindex(opts: ReindexOptions, stop: Arc<AtomicBool>) -> Result<ReindexRep
     drop(old_sink);
     drop(new_sink);
     let old_dropped = if drop_old {
-        catalog.delete_collection(&old_name)?;
-        tracing::info!(collection = %old_name, "old collection dropped");
+        drop_old_collection(catalog.as_ref(), &name, &old_name, &new_name)?;
         true
     } else {
         false
@@ -493,6 +493,32 @@ pub fn reindex(opts: ReindexOptions, stop: Arc<AtomicBool>) -> Result<ReindexRep
         old_dropped,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Read the alias back after a switch: it must name `new`. An alias that did not move (a
+/// server that acknowledged and did not apply, another process switching it back) stops
+/// the reindex before anything is dropped.
+fn confirm_alias(catalog: &dyn Catalog, alias: &str, new: &str) -> Result<(), RuntimeError> {
+    match catalog.resolve(alias)? {
+        Some(target) if target == new => Ok(()),
+        other => Err(permanent(format!(
+            "after switching, the alias `{alias}` reads back as {}, not `{new}`; nothing was dropped \
+             (run reindex again: it resumes and switches again)",
+            other.map_or_else(|| "nothing".to_string(), |t| format!("`{t}`"))
+        ))),
+    }
+}
+
+/// `--drop-old`: drop `old` only when the alias, read back now, points at `new` — never
+/// the collection the alias serves.
+fn drop_old_collection(catalog: &dyn Catalog, alias: &str, old: &str, new: &str) -> Result<(), RuntimeError> {
+    if old == new {
+        return Err(permanent(format!("`{old}` is the new collection; not dropping it")));
+    }
+    confirm_alias(catalog, alias, new)?;
+    catalog.delete_collection(old)?;
+    tracing::info!(collection = %old, "old collection dropped");
+    Ok(())
 }
 
 /// The full pass, then marked documents until caught up; then the sample check. Returns
@@ -601,4 +627,79 @@ fn mirror_and_switch(
         verified += 1;
     }
     Ok(verified)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::sink::embedded::EmbeddedCatalog;
+
+    /// A catalog whose alias switches are acknowledged and not applied.
+    struct StuckAlias(EmbeddedCatalog);
+
+    impl Catalog for StuckAlias {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn resolve(&self, name: &str) -> Result<Option<String>, SinkError> {
+            self.0.resolve(name)
+        }
+        fn open(&self, collection: &str) -> Result<Arc<dyn VectorSink>, SinkError> {
+            self.0.open(collection)
+        }
+        fn create(&self, collection: &str, params: &CollectionParams) -> Result<Arc<dyn VectorSink>, SinkError> {
+            self.0.create(collection, params)
+        }
+        fn switch_alias(&self, _alias: &str, _collection: &str) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn delete_collection(&self, collection: &str) -> Result<(), SinkError> {
+            self.0.delete_collection(collection)
+        }
+        fn collections(&self) -> Result<Vec<String>, SinkError> {
+            self.0.collections()
+        }
+    }
+
+    fn point(i: u128) -> SinkPoint {
+        SinkPoint { id: Uuid::from_u128(i), vector: vec![1.0, 0.0, 0.0, i as f32], payload: Metadata::new() }
+    }
+
+    /// Two collections `a__old` (3 points, behind the alias `a`) and `a__new`.
+    fn two_collections(dir: &std::path::Path) -> EmbeddedCatalog {
+        let catalog = EmbeddedCatalog::new(dir);
+        let old = catalog.create("a__old", &CollectionParams::basic(4)).unwrap();
+        old.apply(vec![SinkOp::Upsert(vec![point(1), point(2), point(3)])]).unwrap();
+        drop(old);
+        drop(catalog.create("a__new", &CollectionParams::basic(4)).unwrap());
+        catalog.switch_alias("a", "a__old").unwrap();
+        catalog
+    }
+
+    #[test]
+    fn drop_old_refuses_while_the_alias_still_serves_the_old_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let stuck = StuckAlias(two_collections(dir.path()));
+        stuck.switch_alias("a", "a__new").unwrap();
+        let err = confirm_alias(&stuck, "a", "a__new").unwrap_err();
+        assert!(err.to_string().contains("reads back as `a__old`"), "{err}");
+        let err = drop_old_collection(&stuck, "a", "a__old", "a__new").unwrap_err();
+        assert!(err.to_string().contains("nothing was dropped"), "{err}");
+        assert_eq!(stuck.resolve("a").unwrap().as_deref(), Some("a__old"));
+        assert_eq!(stuck.open("a__old").unwrap().count().unwrap(), 3, "the collection serving the alias is whole");
+        let err = drop_old_collection(&stuck, "a", "a__new", "a__new").unwrap_err();
+        assert!(err.to_string().contains("not dropping"), "{err}");
+        assert!(stuck.resolve("a__new").unwrap().is_some());
+    }
+
+    #[test]
+    fn drop_old_drops_after_a_confirmed_switch() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = two_collections(dir.path());
+        catalog.switch_alias("a", "a__new").unwrap();
+        drop_old_collection(&catalog, "a", "a__old", "a__new").unwrap();
+        assert_eq!(catalog.resolve("a").unwrap().as_deref(), Some("a__new"));
+        assert_eq!(catalog.resolve("a__old").unwrap(), None);
+    }
 }

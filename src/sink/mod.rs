@@ -257,6 +257,25 @@ pub fn versioned_name(name: &str, model_id: &str) -> String {
     format!("{name}__{}", model_tag(model_id))
 }
 
+/// The model tag a versioned collection's name carries: `<name>__<tag>`, or
+/// `<name>__<tag>--<generation>` after a same-model reindex; `None` for a bare name (a
+/// collection created before freshet used aliases).
+///
+/// ```
+/// assert_eq!(freshet::sink::tag_of("articles__freshet-hash-16--2"), Some("freshet-hash-16"));
+/// assert_eq!(freshet::sink::tag_of("articles"), None);
+/// ```
+pub fn tag_of(collection: &str) -> Option<&str> {
+    let (_, rest) = collection.split_once("__")?;
+    rest.split("--").next()
+}
+
+/// Whether a collection was built for `model_id`, as far as its name says (a bare name
+/// says nothing: the payloads' `model_id` decide).
+pub fn built_for(collection: &str, model_id: &str) -> bool {
+    tag_of(collection).is_none_or(|t| t == model_tag(model_id))
+}
+
 /// The collection a pipeline writes: `name` resolved through its alias, or, when nothing
 /// has that name yet, a new `<name>__<model tag>` with `name` made its alias. Refuses a
 /// collection of another dimension, and a versioned collection of another model (the
@@ -269,15 +288,11 @@ pub fn open_for_writing(
 ) -> Result<(String, Arc<dyn VectorSink>), SinkError> {
     match catalog.resolve(name)? {
         Some(physical) => {
-            let tag = model_tag(model_id);
-            // `<name>__<tag>`, or `<name>__<tag>--<generation>` after a same-model reindex.
-            if let Some((_, other)) = physical.split_once("__") {
-                if other.split("--").next() != Some(tag.as_str()) {
-                    return Err(SinkError::Permanent(format!(
-                        "`{name}` is collection `{physical}`, built for another model than `{model_id}` \
-                         (run `freshet reindex --embedder …` to build and switch to a collection for it)"
-                    )));
-                }
+            if !built_for(&physical, model_id) {
+                return Err(SinkError::Permanent(format!(
+                    "`{name}` is collection `{physical}`, built for another model than `{model_id}` \
+                     (run `freshet reindex --embedder …` to build and switch to a collection for it)"
+                )));
             }
             let sink = catalog.open(&physical)?;
             if sink.dimension() != params.dimension {

@@ -318,6 +318,30 @@ collection = "articles"
     path.to_path_buf()
 }
 
+/// Give a dataflow's sink another collection (alias) name.
+pub fn with_collection(dataflow: &Path, name: &str) -> PathBuf {
+    let text = std::fs::read_to_string(dataflow)
+        .expect("dataflow")
+        .replace("collection = \"articles\"", &format!("collection = \"{name}\""));
+    std::fs::write(dataflow, text).expect("write dataflow");
+    dataflow.to_path_buf()
+}
+
+/// The hash embedder with seed 7 (model `freshet/hash-16-seed7`, "a new model" of the
+/// test dataflow's dimension) as an `[embedder]` file for `freshet reindex --embedder`.
+pub fn new_embedder_file(dir: &Path) -> PathBuf {
+    let p = dir.join("new-embedder.toml");
+    std::fs::write(&p, "[embedder]\nkind = \"hash\"\ndimension = 16\nseed = 7\nmax_wait_ms = 5\n").expect("write");
+    p
+}
+
+/// Switch the test dataflow file to the new embedder (what the operator does after reindex).
+pub fn use_new_embedder(dataflow: &Path) {
+    let text =
+        std::fs::read_to_string(dataflow).expect("dataflow").replace("dimension = 16\n", "dimension = 16\nseed = 7\n");
+    std::fs::write(dataflow, text).expect("write dataflow");
+}
+
 pub fn test_config(dir: &Path, workers: usize) -> PathBuf {
     let path = dir.join(format!("test.config.{workers}.toml"));
     std::fs::write(

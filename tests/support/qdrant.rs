@@ -149,3 +149,66 @@ pub fn with_qdrant_sink(dataflow: &Path) -> PathBuf {
     std::fs::write(dataflow, text).expect("write dataflow");
     dataflow.to_path_buf()
 }
+
+/// Removes, when dropped (also when the test fails), every collection and alias of a
+/// Qdrant server whose name starts with `prefix`: a test against a real server leaves
+/// nothing behind.
+pub struct ServerCleanup {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl ServerCleanup {
+    /// Clean up `<prefix>…` on the server at `url` when dropped.
+    pub fn new(url: &str, prefix: &str) -> Self {
+        Self { url: url.to_string(), prefix: prefix.to_string() }
+    }
+
+    /// Collections and aliases of the server whose names start with the prefix.
+    pub fn leftovers(&self) -> Vec<String> {
+        let prefix = self.prefix.clone();
+        self.with_client(move |client| async move {
+            let mut names = Vec::new();
+            for a in client.list_aliases().await.expect("list aliases").aliases {
+                if a.alias_name.starts_with(&prefix) {
+                    names.push(format!("alias {}", a.alias_name));
+                }
+            }
+            for c in client.list_collections().await.expect("list collections").collections {
+                if c.name.starts_with(&prefix) {
+                    names.push(format!("collection {}", c.name));
+                }
+            }
+            names
+        })
+    }
+
+    /// Delete them now.
+    pub fn clean(&self) {
+        let prefix = self.prefix.clone();
+        self.with_client(move |client| async move {
+            if let Ok(r) = client.list_aliases().await {
+                for a in r.aliases.into_iter().filter(|a| a.alias_name.starts_with(&prefix)) {
+                    let _ = client.delete_alias(a.alias_name).await;
+                }
+            }
+            if let Ok(r) = client.list_collections().await {
+                for c in r.collections.into_iter().filter(|c| c.name.starts_with(&prefix)) {
+                    let _ = client.delete_collection(c.name).await;
+                }
+            }
+        })
+    }
+
+    fn with_client<T, F: std::future::Future<Output = T>>(&self, f: impl FnOnce(qdrant_client::Qdrant) -> F) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+        let client = qdrant_client::Qdrant::from_url(&self.url).skip_compatibility_check().build().expect("client");
+        rt.block_on(f(client))
+    }
+}
+
+impl Drop for ServerCleanup {
+    fn drop(&mut self) {
+        self.clean();
+    }
+}

@@ -110,6 +110,25 @@ pub fn process_time(
         }
         match &r.item {
             Ingested::Record(SourceRecord::Doc(c)) => by_doc.entry(&c.doc_id).or_default().push(c),
+            Ingested::Record(SourceRecord::Truncate { version, position, .. }) if shape.refuses_truncates() => {
+                // Broadcast to every worker; dead-lettered once.
+                if r.counted {
+                    tally.dead_lettered += 1;
+                    out.push(StateOut::Dead(DeadLetter {
+                        origin: None,
+                        position: *position,
+                        stage: "document".into(),
+                        reason: "truncate_refused".into(),
+                        error: format!(
+                            "table truncate at version {version} not applied: the dataflow sets \
+                             `source.truncate = \"dead-letter\"`"
+                        ),
+                        doc_id: None,
+                        record_excerpt: None,
+                        record_bytes: None,
+                    }));
+                }
+            }
             Ingested::Record(SourceRecord::Truncate { version, position, commit_ts_ms }) => {
                 truncates.push((*position, *version));
                 if r.counted {
@@ -217,5 +236,96 @@ fn position_of(i: &Ingested) -> u64 {
         Ingested::Record(SourceRecord::Truncate { position, .. }) => *position,
         Ingested::Skipped { position, .. } => *position,
         Ingested::Dead(d) => d.position,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::{DataflowSpec, TruncatePolicy};
+    use crate::model::{ChangeOp, FieldValue, Row};
+
+    fn upsert(id: &str, version: Version) -> Routed {
+        let row: Row = [("article_id", id), ("title", "T"), ("body", "body"), ("lang", "en"), ("status", "draft")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), FieldValue::Value(serde_json::json!(format!("{v} {id}")))))
+            .collect();
+        let change = DocChange {
+            doc_id: DocId(id.into()),
+            version,
+            position: version,
+            commit_ts_ms: None,
+            op: ChangeOp::Upsert(row),
+        };
+        Routed { target: 0, counted: true, item: Ingested::Record(SourceRecord::Doc(change)) }
+    }
+
+    fn truncate(version: Version, counted: bool) -> Routed {
+        Routed {
+            target: 0,
+            counted,
+            item: Ingested::Record(SourceRecord::Truncate { version, position: version, commit_ts_ms: None }),
+        }
+    }
+
+    fn live(docs: &BTreeMap<DocId, DocState>) -> Vec<&str> {
+        docs.iter().filter(|(_, s)| s.live).map(|(d, _)| d.0.as_str()).collect()
+    }
+
+    fn writes(out: &[StateOut]) -> Vec<(&str, usize)> {
+        out.iter()
+            .filter_map(|o| match o {
+                StateOut::Write(w) => Some((w.doc_id.0.as_str(), w.deletes.len())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A truncate deletes only the documents older than it: one replayed late, or carrying
+    /// an old version, never wipes documents indexed after it.
+    #[test]
+    fn a_truncate_deletes_only_documents_older_than_it() {
+        let shape = DocShape::new(&DataflowSpec::example_for_tests());
+        let (mut docs, mut truncated_at) = (BTreeMap::new(), None);
+        process_time(&shape, &mut docs, &mut truncated_at, vec![upsert("a", 100), upsert("b", 200)]);
+        assert_eq!(live(&docs), ["a", "b"]);
+        let out = process_time(&shape, &mut docs, &mut truncated_at, vec![truncate(150, true)]);
+        assert_eq!(live(&docs), ["b"], "b is newer than the truncate");
+        assert_eq!(writes(&out).len(), 1, "{out:?}");
+        assert_eq!(writes(&out)[0].0, "a");
+        let out = process_time(&shape, &mut docs, &mut truncated_at, vec![truncate(50, true)]);
+        assert_eq!(live(&docs), ["b"]);
+        assert!(writes(&out).is_empty(), "an older truncate writes nothing: {out:?}");
+        assert_eq!(truncated_at, Some(150));
+    }
+
+    #[test]
+    fn a_refused_truncate_is_dead_lettered_once_and_deletes_nothing() {
+        let mut spec = DataflowSpec::example_for_tests();
+        spec.source.truncate = TruncatePolicy::DeadLetter;
+        let shape = DocShape::new(&spec);
+        let (mut docs, mut truncated_at) = (BTreeMap::new(), None);
+        process_time(&shape, &mut docs, &mut truncated_at, vec![upsert("a", 100), upsert("b", 200)]);
+        // A broadcast truncate: one counted copy, one for the other worker.
+        let out = process_time(&shape, &mut docs, &mut truncated_at, vec![truncate(300, true), truncate(300, false)]);
+        assert_eq!(live(&docs), ["a", "b"]);
+        assert!(writes(&out).is_empty(), "{out:?}");
+        assert_eq!(truncated_at, None);
+        let dead: Vec<&DeadLetter> = out
+            .iter()
+            .filter_map(|o| match o {
+                StateOut::Dead(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].reason, "truncate_refused");
+        let tally = out.iter().find_map(|o| match o {
+            StateOut::Tally(t) => Some(*t),
+            _ => None,
+        });
+        let t = tally.unwrap();
+        assert_eq!((t.received, t.dead_lettered, t.deleted), (1, 1, 0));
     }
 }
