@@ -193,6 +193,12 @@ enum Command {
         /// Delete even more points than the `[safety]` limit allows.
         #[arg(long)]
         force: bool,
+        /// Only check, changing nothing: report the documents whose points disagree with
+        /// each other or with their text (the marks of a torn or partly recovered write:
+        /// mixed versions, text field hashes or metadata, a text that is not its hash, a
+        /// gap in the chunks). Exit code 1 when any is found.
+        #[arg(long, conflicts_with_all = ["dry_run", "force"])]
+        verify: bool,
     },
     /// Write every point as one JSON object per line, sorted by id.
     Export {
@@ -401,7 +407,18 @@ fn real_main() -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Reconcile { common, dry_run, force } => {
+        Command::Reconcile { common, verify: true, .. } => {
+            let (spec, config) = load(&common)?;
+            let sink = open_existing(&spec, &config)?;
+            let report = runtime::verify::verify(sink.as_ref(), &spec.document.metadata)?;
+            println!("{}", serde_json::to_string(&report)?);
+            if report.is_clean() {
+                Ok(())
+            } else {
+                bail!("{} documents have points that disagree (see the report)", report.disagreeing_documents)
+            }
+        }
+        Command::Reconcile { common, dry_run, force, verify: false } => {
             let (spec, config) = load(&common)?;
             let report = runtime::reconcile::reconcile(&spec, &config, dry_run, force)?;
             println!("{}", serde_json::to_string(&report)?);

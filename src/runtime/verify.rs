@@ -36,6 +36,8 @@ pub struct VerifyReport {
     pub points: usize,
     /// Documents they form.
     pub documents: usize,
+    /// Documents whose points disagree in any way.
+    pub disagreeing_documents: usize,
     /// Documents whose points disagree, by kind (a document may count under several).
     pub disagreeing: BTreeMap<Disagreement, usize>,
     /// Up to 10 document ids per kind.
@@ -88,6 +90,9 @@ pub fn verify(sink: &dyn VectorSink, meta_fields: &[String]) -> Result<VerifyRep
             (Disagreement::Metadata, !all_same(&d.meta)),
             (Disagreement::ChunkGap, d.chunks.iter().enumerate().any(|(i, c)| *c != i as u64)),
         ];
+        if found.iter().any(|(_, bad)| *bad) {
+            report.disagreeing_documents += 1;
+        }
         for (kind, _) in found.into_iter().filter(|(_, bad)| *bad) {
             *report.disagreeing.entry(kind).or_default() += 1;
             let e = report.examples.entry(kind).or_default();
@@ -144,6 +149,7 @@ mod tests {
         assert_eq!(r.examples[&Disagreement::Versions], vec!["b".to_string()]);
         assert_eq!(r.examples[&Disagreement::TextHash], vec!["c".to_string()]);
         assert!(!r.disagreeing.contains_key(&Disagreement::Metadata));
+        assert_eq!(r.disagreeing_documents, 2);
         assert!(!r.is_clean());
     }
 }

@@ -1,5 +1,5 @@
 //! The HTTP endpoint (127.0.0.1 by default): `/metrics` (Prometheus text), `/status`
-//! (JSON), `/api/series` (the dashboard's samples, `?since=<ms>` for the newer ones only)
+//! (JSON; `?window_s=N` for latency percentiles over the last N seconds), `/api/series` (the dashboard's samples, `?since=<ms>` for the newer ones only)
 //! and the live dashboard at `/` (one self-contained page, no external assets).
 //!
 //! With a token set every route wants `Authorization: Bearer <token>`; the page and its
@@ -69,7 +69,14 @@ pub async fn serve(addr: SocketAddr, live: Arc<Live>, token: Option<String>) -> 
                 )
             }),
         )
-        .route("/status", get(|State(live): State<Arc<Live>>| async move { Json(live.status()) }))
+        .route(
+            "/status",
+            get(|State(live): State<Arc<Live>>, uri: Uri| async move {
+                // `?window_s=N`: the latency percentiles over the last N seconds (default 300).
+                let window = query_param(&uri, "window_s").and_then(|s| s.parse().ok());
+                Json(live.status_over(window.unwrap_or(super::live::STATUS_PERCENTILE_WINDOW_S)))
+            }),
+        )
         .route(
             "/api/series",
             get(|State(live): State<Arc<Live>>, uri: Uri| async move {

@@ -332,6 +332,13 @@ impl Live {
 
     /// The status now.
     pub fn status(&self) -> Status {
+        self.status_over(STATUS_PERCENTILE_WINDOW_S)
+    }
+
+    /// [`Live::status`] with the latency percentiles over the last `window_s` seconds
+    /// (at most the histogram window's [`super::window::KEEP_S`]).
+    pub fn status_over(&self, window_s: u64) -> Status {
+        let window_s = window_s.clamp(1, super::window::KEEP_S);
         let m = &self.metrics;
         let now = now_ms();
         let (rates, partitions) = {
@@ -385,8 +392,8 @@ impl Live {
             frontiers_ms: self.frontiers(),
             backlog: Backlog { records: partitions.iter().map(|p| p.records).sum(), partitions },
             rates,
-            commit_to_searchable: m.commit_percentiles(STATUS_PERCENTILE_WINDOW_S),
-            ingest_to_searchable: m.ingest_percentiles(STATUS_PERCENTILE_WINDOW_S),
+            commit_to_searchable: m.commit_percentiles(window_s),
+            ingest_to_searchable: m.ingest_percentiles(window_s),
             embed: EmbedStatus {
                 queue_depth: m.embed_queue_depth.get(),
                 cache_hit_ratio: (lookups > 0).then(|| m.embed_cache_hit_ratio.get()),

@@ -70,9 +70,12 @@ fn exponential(start: f64, factor: f64, n: u16) -> impl Iterator<Item = f64> {
     (0..n).map(move |i| start * factor.powi(i32::from(i)))
 }
 
-/// Latency buckets (seconds): 10 ms to an hour.
-const LATENCY_BUCKETS: [f64; 17] =
-    [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
+/// Latency buckets (seconds): 5 ms to an hour, finest around the sub-second freshness
+/// objective (p50 ≤ 100 ms, p99 ≤ 1 s).
+const LATENCY_BUCKETS: [f64; 23] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0,
+    300.0, 600.0, 1800.0, 3600.0,
+];
 
 /// Label of an event outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
