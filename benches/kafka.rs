@@ -1,6 +1,7 @@
-//! Kafka → collection benchmark (harness = false). Starts a tansu broker (the binary
-//! `scripts/kafka-broker install` puts in .tools/bin), produces freshet's generated corpus
-//! (Debezium JSON, keyed by article id, 4 partitions), and times `freshet run --until-end`
+//! Kafka → collection benchmark (harness = false). On Apache Kafka: the broker at
+//! `FRESHET_KAFKA_BOOTSTRAP`, else the local one of `scripts/services` (started if it does not
+//! answer). Produces freshet's generated corpus (Debezium JSON, keyed by article id, 4
+//! partitions, topics and groups named for this run and deleted at the end), and times `freshet run --until-end`
 //! with the `hash` embedder into the embedded engine with 1 and with 2 workers (fresh
 //! collection and consumer group each). Then the burst test: peak resident memory of a run
 //! that finds 1× and 10× that backlog waiting in the topic (pause/resume backpressure keeps
@@ -35,6 +36,29 @@ fn freshet_bin() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().join("freshet")
 }
 
+/// The broker: `FRESHET_KAFKA_BOOTSTRAP`, else the local Apache Kafka of `scripts/services`.
+fn bootstrap() -> String {
+    if let Ok(b) = std::env::var("FRESHET_KAFKA_BOOTSTRAP") {
+        if !b.is_empty() {
+            return b;
+        }
+    }
+    let local = format!("127.0.0.1:{}", std::env::var("FRESHET_KAFKA_PORT").unwrap_or_else(|_| "19092".into()));
+    if std::net::TcpStream::connect(&local).is_err() {
+        let st = Command::new(repo().join("scripts/services")).args(["start", "kafka"]).status().unwrap();
+        assert!(st.success(), "scripts/services start kafka failed");
+    }
+    local
+}
+
+fn delete_topics(bootstrap: &str, topics: &[String]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let _ = rt.block_on(admin.delete_topics(&names, &AdminOptions::new()));
+}
+
 fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
@@ -54,8 +78,7 @@ fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
 fn produce_file(bootstrap: &str, topic: &str, partitions: i32, file: &Path) -> usize {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1") // tansu's memory storage needs one record per batch
+        .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "200000")
         .create()
         .unwrap();
@@ -144,42 +167,26 @@ fn main() {
     }
     let docs = arg("--docs", 20_000);
     let edits = arg("--edits", 20_000);
-    let bin = repo().join(".tools/bin/tansu");
-    if !bin.exists() {
-        assert!(Command::new(repo().join("scripts/kafka-broker")).arg("install").status().unwrap().success());
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut broker = Command::new(&bin)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let bootstrap = format!("127.0.0.1:{port}");
+    let bootstrap = bootstrap();
+    // Names of this run's topics and groups (the broker is shared and outlives the run).
+    let prefix =
+        format!("bench-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
+    let mut topics = Vec::new();
     let dir = tempfile::tempdir().unwrap();
 
     // Throughput: snapshot + edits, 1 vs 2 workers.
     let events = dir.path().join("events.jsonl");
     let plan = freshet::workload::Plan { docs, edits, flips: edits / 10, deletes: edits / 20, seed: 7 };
     freshet::workload::write_files(&events, None, &plan).unwrap();
-    create_topic(&bootstrap, "articles", 4);
+    let articles = format!("{prefix}-articles");
+    topics.push(articles.clone());
+    create_topic(&bootstrap, &articles, 4);
     let t = Instant::now();
-    let n = produce_file(&bootstrap, "articles", 4, &events);
+    let n = produce_file(&bootstrap, &articles, 4, &events);
     eprintln!("produced {n} events in {:.1}s", t.elapsed().as_secs_f64());
     for workers in [1, 2] {
-        let (dataflow, config) = write_files(dir.path(), "articles", &bootstrap, &format!("bench-w{workers}"), workers);
+        let (dataflow, config) =
+            write_files(dir.path(), &articles, &bootstrap, &format!("{prefix}-w{workers}"), workers);
         let (secs, rss, summary) = run(&dataflow, &config);
         println!(
             "kafka→collection, {workers} worker(s): {n} events in {secs:.1}s = {:.0} events/s; peak RSS {rss:.0} MiB; chunks embedded {}",
@@ -191,13 +198,14 @@ fn main() {
     // Burst: 1× and 10× backlog waiting in the topic; peak memory of the run.
     let small = docs / 10;
     for (label, k) in [("1x", 1usize), ("10x", 10)] {
-        let topic = format!("burst-{label}");
+        let topic = format!("{prefix}-burst-{label}");
+        topics.push(topic.clone());
         let file = dir.path().join(format!("{topic}.jsonl"));
         let plan = freshet::workload::Plan { docs: small * k, edits: small * k, flips: 0, deletes: 0, seed: 9 };
         freshet::workload::write_files(&file, None, &plan).unwrap();
         create_topic(&bootstrap, &topic, 4);
         let n = produce_file(&bootstrap, &topic, 4, &file);
-        let (dataflow, config) = write_files(dir.path(), &topic, &bootstrap, &format!("burst-{label}"), 2);
+        let (dataflow, config) = write_files(dir.path(), &topic, &bootstrap, &topic, 2);
         let (secs, rss, _) = run(&dataflow, &config);
         println!("burst {label}: {n} events backlogged, drained in {secs:.1}s; peak RSS {rss:.0} MiB");
     }
@@ -205,7 +213,8 @@ fn main() {
     // Burst of edits to indexed documents: the collection keeps its size, so the peak
     // memory difference between 1× and 10× is what the source side buffers.
     for (label, k) in [("1x", 1usize), ("10x", 10)] {
-        let topic = format!("fixed-{label}");
+        let topic = format!("{prefix}-fixed-{label}");
+        topics.push(topic.clone());
         let snapshot = dir.path().join(format!("{topic}.snapshot.jsonl"));
         let changes = dir.path().join(format!("{topic}.changes.jsonl"));
         let plan = freshet::workload::Plan { docs: small, edits: small * k, flips: 0, deletes: 0, seed: 11 };
@@ -222,6 +231,5 @@ fn main() {
             summary["chunks_embedded"]
         );
     }
-    let _ = broker.kill();
-    let _ = broker.wait();
+    delete_topics(&bootstrap, &topics);
 }

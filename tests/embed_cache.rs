@@ -102,13 +102,14 @@ fn a_kafka_replay_into_a_new_collection_embeds_nothing_with_the_cache() {
     use support::kafka::{create_topic, kafka_config, kafka_dataflow, produce, Broker};
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    create_topic(&broker.bootstrap, "articles", 2);
+    let topic = &broker.topic("articles");
+    create_topic(&broker.bootstrap, topic, 2);
     let history = random_history(17, 30, 400, false);
-    produce(&broker.bootstrap, "articles", 2, &history);
-    let dataflow = kafka_dataflow(dir.path(), "articles", None);
+    produce(&broker.bootstrap, topic, 2, &history);
+    let dataflow = kafka_dataflow(dir.path(), topic, None);
     let cache = dir.path().join("embeddings.redb");
     let extra = format!("embed_cache_path = \"{}\"\n", cache.display());
-    let config = kafka_config(dir.path(), "cached", 2, &broker.bootstrap, "freshet-cache", &extra);
+    let config = kafka_config(dir.path(), "cached", 2, &broker.bootstrap, &broker.group("freshet-cache"), &extra);
     let first = run_until_end(&dataflow, &config, &[]);
     assert!(first["chunks_embedded"].as_u64().unwrap() > 50, "{first}");
     let replay = freshet()

@@ -1,7 +1,8 @@
-//! The Kafka source against a real Kafka-protocol broker (tansu, started from the binary
-//! `scripts/kafka-broker` installs): the collection equals the oracle, offsets are
-//! committed only for what the collection holds, restarts and replays re-embed nothing,
-//! and `replay --into` builds an identical collection beside the live one.
+//! The Kafka source against Apache Kafka (the shared broker of `scripts/services`, see
+//! `support::kafka`): the collection equals the oracle, offsets are committed only for what
+//! the collection holds, restarts and replays re-embed nothing, `replay --into` builds an
+//! identical collection beside the live one, and a replay from a timestamp starts where the
+//! broker's offsets-for-times say.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -25,12 +26,13 @@ fn n(s: &serde_json::Value, k: &str) -> u64 {
 fn kafka_to_collection_matches_the_oracle_and_restarts_and_replays_embed_nothing() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let topic = "articles";
+    let topic = &broker.topic("articles");
+    let group = &broker.group("freshet-live");
     create_topic(&broker.bootstrap, topic, 4);
     let history = random_history(11, 60, 1500, false);
     let positions = produce(&broker.bootstrap, topic, 4, &history);
     let dataflow = kafka_dataflow(dir.path(), topic, None);
-    let config = kafka_config(dir.path(), "live", 2, &broker.bootstrap, "freshet-live", "");
+    let config = kafka_config(dir.path(), "live", 2, &broker.bootstrap, group, "");
     let expected = oracle(&spec_of(&dataflow), &history, "freshet/hash-16", 16);
 
     let first = run_until_end(&dataflow, &config, &[]);
@@ -39,7 +41,7 @@ fn kafka_to_collection_matches_the_oracle_and_restarts_and_replays_embed_nothing
     let live = export(&dataflow, &config, true);
     assert_export_matches(&live, &expected.export);
     assert_eq!(
-        committed(&broker.bootstrap, "freshet-live", topic, 4),
+        committed(&broker.bootstrap, group, topic, 4),
         high_watermarks(&broker.bootstrap, topic, 4),
         "after a clean end the group's offsets are the high watermarks"
     );
@@ -56,7 +58,7 @@ fn kafka_to_collection_matches_the_oracle_and_restarts_and_replays_embed_nothing
     assert_eq!(n(&replay, "applied"), 0, "{replay}");
     assert_eq!(export(&dataflow, &config, true), live, "a replay changes nothing");
     assert_eq!(
-        committed(&broker.bootstrap, "freshet-live", topic, 4),
+        committed(&broker.bootstrap, group, topic, 4),
         high_watermarks(&broker.bootstrap, topic, 4),
         "a replay leaves the live group alone"
     );
@@ -125,7 +127,7 @@ fn kill_9_at_random_moments_loses_nothing_and_commits_only_what_is_indexed() {
     use rand::{Rng, SeedableRng};
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let topic = "articles";
+    let topic = &broker.topic("articles");
     let partitions = 4;
     create_topic(&broker.bootstrap, topic, partitions);
     let history = random_history(2024, 300, 20_000, false);
@@ -137,7 +139,7 @@ fn kill_9_at_random_moments_loses_nothing_and_commits_only_what_is_indexed() {
         "kill",
         2,
         &broker.bootstrap,
-        "freshet-kill",
+        &broker.group("freshet-kill"),
         "max_passes_in_flight = 4\nmax_records_per_pass = 200",
     );
     let spec = spec_of(&dataflow);
@@ -161,7 +163,7 @@ fn kill_9_at_random_moments_loses_nothing_and_commits_only_what_is_indexed() {
         child.wait().unwrap();
         kills += 1;
 
-        let committed = committed(&broker.bootstrap, "freshet-kill", topic, partitions);
+        let committed = committed(&broker.bootstrap, &broker.group("freshet-kill"), topic, partitions);
         if committed != high_watermarks(&broker.bootstrap, topic, partitions) {
             interrupted += 1;
         }
@@ -272,7 +274,7 @@ fn kill_9_at_random_moments_loses_nothing_and_commits_only_what_is_indexed() {
     }
     assert_export_matches(&final_export, &expected.export);
     assert_eq!(
-        committed(&broker.bootstrap, "freshet-kill", topic, partitions),
+        committed(&broker.bootstrap, &broker.group("freshet-kill"), topic, partitions),
         high_watermarks(&broker.bootstrap, topic, partitions)
     );
     let embedded: usize =
@@ -303,19 +305,20 @@ fn kill_9_at_random_moments_loses_nothing_and_commits_only_what_is_indexed() {
 fn restart_after_a_committed_noop_keeps_older_events_superseded() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    create_topic(&broker.bootstrap, "articles", 1);
+    let topic = &broker.topic("articles");
+    create_topic(&broker.bootstrap, topic, 1);
     let row =
         |body: &str| Row { id: 1, title: "Title".into(), body: body.into(), lang: "en".into(), status: "draft".into() };
     let first = vec![
         Ev::Upsert { row: row("first body."), lsn: 10, toast_body: false },
         Ev::Upsert { row: row("ignored"), lsn: 30, toast_body: true },
     ];
-    produce(&broker.bootstrap, "articles", 1, &first);
-    let dataflow = kafka_dataflow(dir.path(), "articles", None);
-    let config = kafka_config(dir.path(), "noop", 1, &broker.bootstrap, "freshet-noop", "");
+    produce(&broker.bootstrap, topic, 1, &first);
+    let dataflow = kafka_dataflow(dir.path(), topic, None);
+    let config = kafka_config(dir.path(), "noop", 1, &broker.bootstrap, &broker.group("freshet-noop"), "");
     run_until_end(&dataflow, &config, &[]);
     let late = vec![Ev::Upsert { row: row("a stale second body."), lsn: 20, toast_body: false }];
-    produce(&broker.bootstrap, "articles", 1, &late);
+    produce(&broker.bootstrap, topic, 1, &late);
     let second = run_until_end(&dataflow, &config, &[]);
     assert_eq!(n(&second, "received"), 1, "{second}");
     assert_eq!(n(&second, "superseded"), 1, "{second}");
@@ -325,15 +328,15 @@ fn restart_after_a_committed_noop_keeps_older_events_superseded() {
 }
 
 /// `replay --from-timestamp` starts every partition at its first record at or after the time
-/// (the broker's offsets-for-times, on tansu's SQLite storage: its memory storage answers
-/// offset 0 for any time): a replay from between two halves of a history reads exactly
-/// the second half and, into the live collection, embeds and changes nothing; a time before
-/// everything reads everything.
+/// (the broker's offsets-for-times): a replay from between two halves of a history reads
+/// exactly the second half and, into the live collection, embeds and changes nothing; a time
+/// before everything reads everything; a time after everything reads nothing.
 #[test]
 fn replay_from_a_timestamp_reads_the_records_at_or_after_it() {
+    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start_sql(dir.path());
-    let topic = "articles";
+    let topic = &broker.topic("articles");
+    let group = &broker.group("freshet-ts");
     create_topic(&broker.bootstrap, topic, 3);
     let history = random_history(31, 40, 600, false);
     let (early, late) = history.split_at(350);
@@ -344,7 +347,7 @@ fn replay_from_a_timestamp_reads_the_records_at_or_after_it() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     produce(&broker.bootstrap, topic, 3, late);
     let dataflow = kafka_dataflow(dir.path(), topic, None);
-    let config = kafka_config(dir.path(), "ts", 2, &broker.bootstrap, "freshet-ts", "");
+    let config = kafka_config(dir.path(), "ts", 2, &broker.bootstrap, group, "");
     let expected = oracle(&spec_of(&dataflow), &history, "freshet/hash-16", 16);
     let first = run_until_end(&dataflow, &config, &[]);
     assert_eq!(n(&first, "received") as usize, history.len(), "{first}");
@@ -360,10 +363,12 @@ fn replay_from_a_timestamp_reads_the_records_at_or_after_it() {
 
     let all = replay_cmd(&dataflow, &config, &["--from-timestamp", &at(before_all)]);
     assert_eq!(n(&all, "received") as usize, history.len(), "{all}");
-    // (A time after everything is not asked: tansu answers offset 0 where Kafka answers -1,
-    // "no such record", which freshet reads as the end.)
+    // After everything the broker answers -1, "no such record", which freshet reads as the end.
+    let after_all = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    let none = replay_cmd(&dataflow, &config, &["--from-timestamp", &at(after_all)]);
+    assert_eq!(n(&none, "received"), 0, "{none}");
     assert_eq!(
-        committed(&broker.bootstrap, "freshet-ts", topic, 3),
+        committed(&broker.bootstrap, group, topic, 3),
         high_watermarks(&broker.bootstrap, topic, 3),
         "replays leave the live group alone"
     );

@@ -501,7 +501,7 @@ fn kafka_backlog_per_partition_is_what_is_behind_the_high_watermark() {
     let broker = Broker::start();
     let emulator = Emulator::start();
     let dir = tempfile::tempdir().unwrap();
-    let topic = "articles";
+    let topic = &broker.topic("articles");
     create_topic(&broker.bootstrap, topic, 2);
     let history = random_history(404, 40, 600, false);
     let (first, second) = history.split_at(100);
@@ -512,7 +512,7 @@ fn kafka_backlog_per_partition_is_what_is_behind_the_high_watermark() {
          [qdrant]\nurl = \"{}\"\ntimeout_ms = 5000\nconnect_timeout_ms = 1000\nmax_backoff_ms = 1000\n",
         emulator.url()
     );
-    let config = kafka_config(dir.path(), "backlog", 2, &broker.bootstrap, "freshet-backlog", &extra);
+    let config = kafka_config(dir.path(), "backlog", 2, &broker.bootstrap, &broker.group("freshet-backlog"), &extra);
     let child = Running(Some(spawn_run(&dataflow, &config, true)));
     produce(&broker.bootstrap, topic, 2, first);
     let _ = wait_acknowledged(port, first.len(), Duration::from_secs(60));

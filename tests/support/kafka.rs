@@ -1,89 +1,164 @@
-//! Kafka test support: a real tansu broker started from `scripts/kafka-broker`'s binary
-//! on a free port (killed on drop), topic creation, a producer that writes a history keyed
-//! by document with a fixed partition per document, and consumer-group offset queries.
+//! Kafka test support: the Apache Kafka broker of `scripts/services` — one per machine,
+//! shared by every test (started once by `scripts/test`, or here on first use), or the broker
+//! at `FRESHET_KAFKA_BOOTSTRAP` — checked once per test process by [`self_check`]; topic and
+//! group names unique to each [`Broker`] handle; topic creation, a producer that writes a
+//! history keyed by document with a fixed partition per document, and consumer-group offset
+//! queries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::Message;
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::Ev;
 
-/// A tansu broker process on loopback.
+/// A handle on the shared broker. Every test takes its topic and group names from
+/// [`Broker::topic`] and [`Broker::group`] (a prefix unique to this handle), so tests running
+/// at the same time, and earlier runs, never share a topic or a group. Dropping the handle
+/// deletes its topics and groups, unless the test is panicking (then they are kept, and
+/// named, for a look with `scripts/services kafka-topics` / `kafka-consumer-groups`).
 pub struct Broker {
-    child: Child,
     pub bootstrap: String,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    prefix: String,
 }
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The shared broker's address: `FRESHET_KAFKA_BOOTSTRAP`, else the local broker of
+/// `scripts/services` (on 127.0.0.1:`FRESHET_KAFKA_PORT`, 19092), started if it does not
+/// answer; its records checked by [`self_check`] once per process.
+pub fn shared_bootstrap() -> String {
+    static BOOTSTRAP: OnceLock<String> = OnceLock::new();
+    BOOTSTRAP
+        .get_or_init(|| {
+            let bootstrap = match std::env::var("FRESHET_KAFKA_BOOTSTRAP") {
+                Ok(b) if !b.is_empty() => b,
+                _ => {
+                    let port = std::env::var("FRESHET_KAFKA_PORT").unwrap_or_else(|_| "19092".into());
+                    let local = format!("127.0.0.1:{port}");
+                    if std::net::TcpStream::connect(&local).is_err() {
+                        let st = Command::new(repo().join("scripts/services"))
+                            .args(["start", "kafka"])
+                            .status()
+                            .expect("run scripts/services");
+                        assert!(st.success(), "scripts/services start kafka failed (see .tools/logs/kafka.log)");
+                    }
+                    local
+                }
+            };
+            let topic = format!("{}-selfcheck", unique_prefix());
+            let check = self_check(&bootstrap, &topic, SELF_CHECK_RECORDS);
+            delete_prefixed(&bootstrap, &topic);
+            if let Err(e) = check {
+                panic!("the broker at {bootstrap} fails the self-check, refusing to test against it: {e}");
+            }
+            bootstrap
+        })
+        .clone()
+}
+
+/// Records per producer of the self-check [`Broker::start`] runs once per process (two
+/// producers: 50,000 records).
+pub const SELF_CHECK_RECORDS: usize = 25_000;
+
+fn unique_prefix() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    format!("t{ms}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
 impl Broker {
-    /// Install (if needed) and start tansu on a free port, memory storage.
+    /// A handle on the shared broker (see [`shared_bootstrap`]) with a fresh name prefix.
     pub fn start() -> Broker {
-        Self::start_with("install", "tansu", "memory://tansu/".into(), None)
+        Broker { bootstrap: shared_bootstrap(), prefix: unique_prefix() }
     }
 
-    /// tansu with its SQLite storage in `dir` (built by `scripts/kafka-broker install-sql`):
-    /// unlike the memory storage it answers ListOffsets by timestamp.
-    pub fn start_sql(dir: &std::path::Path) -> Broker {
-        // A path relative to the broker's working directory (`sqlite:///abs` is not a file).
-        Self::start_with("install-sql", "tansu-sql", "sqlite://tansu.db".into(), Some(dir))
+    /// This handle's name for topic `name`.
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
     }
 
-    fn start_with(install: &str, name: &str, storage: String, cwd: Option<&std::path::Path>) -> Broker {
-        let bin = repo().join(".tools/bin").join(name);
-        if !bin.exists() {
-            let st = Command::new(repo().join("scripts/kafka-broker")).arg(install).status().expect("kafka-broker");
-            assert!(st.success(), "scripts/kafka-broker {install} failed");
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut cmd = Command::new(&bin);
-        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", &storage])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(d) = cwd {
-            cmd.current_dir(d);
-        }
-        let child = cmd.spawn().expect("start tansu");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "tansu did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Broker { child, bootstrap: format!("127.0.0.1:{port}") }
+    /// This handle's name for consumer group `name`.
+    pub fn group(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
     }
 }
 
-/// Create a topic.
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept the topics and groups {}-* on {}", self.prefix, self.bootstrap);
+        } else {
+            delete_prefixed(&self.bootstrap, &self.prefix);
+        }
+    }
+}
+
+fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client")
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+/// Delete (best effort) the topics and groups whose names start with `prefix`.
+fn delete_prefixed(bootstrap: &str, prefix: &str) {
+    let admin = admin(bootstrap);
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    if let Ok(groups) = admin.inner().fetch_group_list(None, Duration::from_secs(10)) {
+        let names: Vec<&str> = groups.groups().iter().map(|g| g.name()).filter(|n| n.starts_with(prefix)).collect();
+        if !names.is_empty() {
+            let _ = block_on(admin.delete_groups(&names, &opts));
+        }
+    }
+    if let Ok(md) = admin.inner().fetch_metadata(None, Duration::from_secs(10)) {
+        let names: Vec<&str> = md.topics().iter().map(|t| t.name()).filter(|n| n.starts_with(prefix)).collect();
+        if !names.is_empty() {
+            let _ = block_on(admin.delete_topics(&names, &opts));
+        }
+    }
+}
+
+/// Create a topic, and wait until every partition has a leader (a broker answers
+/// CreateTopics before its metadata shows the topic).
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let res = rt
-        .block_on(admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        ))
-        .expect("create topics");
+    let admin = admin(bootstrap);
+    let res = block_on(admin.create_topics(
+        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("create topics");
     for r in res {
         r.expect("topic created");
+    }
+    let start = Instant::now();
+    loop {
+        let ready = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(5)).is_ok_and(|md| {
+            md.topics().iter().any(|t| {
+                t.error().is_none()
+                    && t.partitions().len() == partitions as usize
+                    && t.partitions().iter().all(|p| p.error().is_none() && p.leader() >= 0)
+            })
+        });
+        if ready {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "topic {topic}: no leader for every partition after 30 s");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -100,13 +175,10 @@ pub fn doc_of(ev: &Ev) -> Option<u64> {
 /// (so each document's events keep their order), others to partition 0. Returns the
 /// (partition, offset) of every event, in order.
 pub fn produce(bootstrap: &str, topic: &str, partitions: i32, events: &[Ev]) -> Vec<(i32, i64)> {
-    // tansu's memory storage reports a high watermark of (last batch's base offset + 1):
-    // one record per batch keeps its watermarks right.
-    produce_batched(bootstrap, topic, partitions, events, 1)
+    produce_batched(bootstrap, topic, partitions, events, 500)
 }
 
-/// [`produce`] with up to `batch` records per batch (librdkafka's mock cluster fetches one
-/// batch per partition per request, so it wants real batches).
+/// [`produce`] with up to `batch` records per batch.
 pub fn produce_batched(bootstrap: &str, topic: &str, partitions: i32, events: &[Ev], batch: usize) -> Vec<(i32, i64)> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -216,4 +288,169 @@ pub fn kafka_config(dir: &Path, name: &str, workers: usize, bootstrap: &str, gro
     )
     .expect("write config");
     path
+}
+
+/// Counts one producer's delivery reports.
+#[derive(Default)]
+struct Deliveries {
+    ok: AtomicUsize,
+    failed: Mutex<Vec<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => self.failed.lock().unwrap().push(e.to_string()),
+        }
+    }
+}
+
+/// The value of record `j` of producer `p` in [`self_check`]: its identity and a filler of
+/// varying length, so a record cut short or swapped for another is seen.
+fn check_value(p: usize, j: usize) -> String {
+    format!("{p}:{j}:{}", "freshet-selfcheck-".repeat(1 + j % 23))
+}
+
+/// The broker self-check: two producers at once (idempotent, acks=all, batched with
+/// `linger.ms`) each write `per_producer` keyed records into `topic` (created here, 4
+/// partitions); every record must be acknowledged, and reading the topic back from the
+/// beginning must give every record exactly once with its key and value, each producer's
+/// records to a partition in the order they were sent, and high watermarks adding up to the
+/// count. Returns a one-line account, or what is wrong.
+pub fn self_check(bootstrap: &str, topic: &str, per_producer: usize) -> Result<String, String> {
+    const PARTITIONS: i32 = 4;
+    create_topic(bootstrap, topic, PARTITIONS);
+    let start = Instant::now();
+    let produced: Vec<Result<usize, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|p| {
+                s.spawn(move || -> Result<usize, String> {
+                    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+                        .set("bootstrap.servers", bootstrap)
+                        .set("enable.idempotence", "true")
+                        .set("acks", "all")
+                        .set("linger.ms", "5")
+                        .set("batch.num.messages", "1000")
+                        .set("queue.buffering.max.messages", (per_producer + 1000).to_string())
+                        .create_with_context(Deliveries::default())
+                        .map_err(|e| format!("producer {p}: {e}"))?;
+                    for j in 0..per_producer {
+                        let key = format!("p{p}-k{}", j % 1000);
+                        let value = check_value(p, j);
+                        let mut rec: BaseRecord<'_, String, String, ()> =
+                            BaseRecord::to(topic).key(&key).payload(&value);
+                        loop {
+                            match producer.send(rec) {
+                                Ok(()) => break,
+                                Err((
+                                    rdkafka::error::KafkaError::MessageProduction(
+                                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                                    ),
+                                    r,
+                                )) => {
+                                    rec = r;
+                                    std::thread::sleep(Duration::from_millis(2));
+                                }
+                                Err((e, _)) => return Err(format!("producer {p}: send {j}: {e}")),
+                            }
+                        }
+                    }
+                    producer.flush(Duration::from_secs(60)).map_err(|e| format!("producer {p}: flush: {e}"))?;
+                    let ctx = producer.context();
+                    let failed = ctx.failed.lock().unwrap();
+                    if !failed.is_empty() {
+                        return Err(format!("producer {p}: {} deliveries failed, first: {}", failed.len(), failed[0]));
+                    }
+                    Ok(ctx.ok.load(Ordering::Relaxed))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (p, r) in produced.iter().enumerate() {
+        match r {
+            Ok(n) if *n == per_producer => {}
+            Ok(n) => return Err(format!("producer {p}: {n} of {per_producer} records acknowledged")),
+            Err(e) => return Err(e.clone()),
+        }
+    }
+    let produce_secs = start.elapsed().as_secs_f64();
+
+    let total = 2 * per_producer;
+    let hw: i64 = high_watermarks(bootstrap, topic, PARTITIONS).values().sum();
+    if hw != total as i64 {
+        return Err(format!("{total} records acknowledged, high watermarks add up to {hw}"));
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| format!("consumer: {e}"))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
+    let mut seen: BTreeSet<(usize, usize)> = BTreeSet::new();
+    let mut last: BTreeMap<(i32, usize), usize> = BTreeMap::new();
+    let mut read = 0usize;
+    let mut progress = Instant::now();
+    while read < total {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {
+                if progress.elapsed() > Duration::from_secs(20) {
+                    return Err(format!("read {read} of {total} records, then nothing for 20 s"));
+                }
+            }
+            Some(Err(e)) => return Err(format!("consume: {e}")),
+            Some(Ok(m)) => {
+                read += 1;
+                progress = Instant::now();
+                let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
+                let value = m.payload().map(String::from_utf8_lossy).unwrap_or_default();
+                let mut parts = value.splitn(3, ':');
+                let (p, j) =
+                    match (parts.next().and_then(|x| x.parse().ok()), parts.next().and_then(|x| x.parse().ok())) {
+                        (Some(p), Some(j)) if p < 2 && j < per_producer => (p, j),
+                        _ => {
+                            return Err(format!(
+                                "partition {} offset {}: unknown value {value:?}",
+                                m.partition(),
+                                m.offset()
+                            ))
+                        }
+                    };
+                if value != check_value(p, j) || key != format!("p{p}-k{}", j % 1000) {
+                    return Err(format!("record {p}:{j} came back as key {key:?} value {value:?}"));
+                }
+                if !seen.insert((p, j)) {
+                    return Err(format!(
+                        "record {p}:{j} read twice (offset {} of partition {})",
+                        m.offset(),
+                        m.partition()
+                    ));
+                }
+                if let Some(prev) = last.insert((m.partition(), p), j) {
+                    if prev > j {
+                        return Err(format!(
+                            "partition {}: producer {p}'s record {j} after its record {prev}",
+                            m.partition()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(format!(
+        "{total} records from 2 producers: produced and acknowledged in {produce_secs:.1} s, all read back \
+         exactly once, in order, intact ({:.1} s in all)",
+        start.elapsed().as_secs_f64()
+    ))
 }
