@@ -140,10 +140,9 @@ fn value_of(ev: &Ev, snapshot: bool, last: bool) -> Option<String> {
 fn produce_history(bootstrap: &str, topic: &str, partitions: i32, events: &[Ev], snap: &[bool]) -> Vec<(i32, i64)> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
-        .set("enable.idempotence", "false")
-        .set("max.in.flight.requests.per.connection", "1")
+        // Batched, and idempotent so that each partition keeps the order of the history.
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
         .create()
         .expect("producer");
     let last_snap = snap.iter().rposition(|s| *s);
@@ -177,6 +176,24 @@ fn produce_history(bootstrap: &str, topic: &str, partitions: i32, events: &[Ev],
     producer.flush(Duration::from_secs(60)).expect("flush");
     let after = high_watermarks(bootstrap, topic, partitions);
     assert_eq!(after, next, "the broker holds every produced record");
+    out
+}
+
+/// A log line without its terminal colours.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
     out
 }
 
@@ -218,7 +235,8 @@ fn kill_9_during_a_large_snapshot_loses_no_update() {
     let seed = env_or("FRESHET_CRASH_SEED", 13);
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let topic = "pages";
+    let topic = &broker.topic("pages");
+    let (clean_group, group) = (broker.group("crash-clean"), broker.group("crash"));
     let partitions = 4;
     create_topic(&broker.bootstrap, topic, partitions);
     let (history, snap) = snapshot_history(seed, docs, changes);
@@ -232,7 +250,7 @@ fn kill_9_during_a_large_snapshot_loses_no_update() {
     std::fs::create_dir_all(&clean_dir).unwrap();
     let dataflow = kafka_dataflow(dir.path(), topic, None);
     let spec = freshet::config::DataflowSpec::load(&dataflow).unwrap();
-    let clean_config = kafka_config(&clean_dir, "clean", 2, &broker.bootstrap, "freshet-crash-clean", extra);
+    let clean_config = kafka_config(&clean_dir, "clean", 2, &broker.bootstrap, &clean_group, extra);
     let t = Instant::now();
     let summary = run_until_end(&dataflow, &clean_config, &[]);
     let clean_time = t.elapsed();
@@ -268,9 +286,10 @@ fn kill_9_during_a_large_snapshot_loses_no_update() {
         })
         .collect();
 
-    let config = kafka_config(dir.path(), "crash", 2, &broker.bootstrap, "freshet-crash", extra);
+    let config = kafka_config(dir.path(), "crash", 2, &broker.bootstrap, &group, extra);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
-    let window = clean_time.mul_f64(0.9).max(Duration::from_millis(600));
+    let window = clean_time.mul_f64(0.5).max(Duration::from_millis(600));
+    let total: i64 = high_watermarks(&broker.bootstrap, topic, partitions).values().sum();
     let mut interrupted = 0;
     // A restart after a crash replays the engine's WAL and rebuilds the state before it
     // reads: half of the kills land in that recovery (a replay cut short), half at a random
@@ -298,15 +317,27 @@ fn kill_9_during_a_large_snapshot_loses_no_update() {
                 std::thread::sleep(Duration::from_millis(20));
             }
             recovery_time = started.elapsed();
-            std::thread::sleep(Duration::from_millis(rng.random_range(0..window.as_millis() as u64)));
+            // A random moment of the work — but no later than when this round's share of
+            // the history is committed, so that the kills are spread over the whole history
+            // and never fall on a caught-up pipeline.
+            let budget = total * 9 * (round as i64 + 1) / (10 * kills as i64);
+            let until = Instant::now() + Duration::from_millis(rng.random_range(0..window.as_millis() as u64));
+            while Instant::now() < until {
+                let done: i64 = committed(&broker.bootstrap, &group, topic, partitions).values().map(|o| o.max(&0)).sum();
+                if done >= budget {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let recovery = std::fs::read_to_string(&log).unwrap_or_default();
         if let Some(line) = recovery.lines().find(|l| l.contains("recovering from a crash")) {
-            eprintln!("run {round}: {}", line.split("recovering").next().unwrap_or(line).trim_end());
+            let plain: String = strip_ansi(line);
+            eprintln!("run {round}: {}", plain.split_once("freshet::runtime:").map_or(plain.as_str(), |(_, r)| r));
         }
-        let committed = committed(&broker.bootstrap, "freshet-crash", topic, partitions);
+        let committed = committed(&broker.bootstrap, &group, topic, partitions);
         if committed != high_watermarks(&broker.bootstrap, topic, partitions) {
             interrupted += 1;
         }
@@ -369,7 +400,7 @@ fn kill_9_during_a_large_snapshot_loses_no_update() {
     let verify = freshet().args(["reconcile", "--verify", "--dataflow"]).arg(&dataflow).arg("--config").arg(&config).output().unwrap();
     assert!(verify.status.success(), "reconcile --verify: {}", String::from_utf8_lossy(&verify.stdout));
     assert_eq!(
-        committed(&broker.bootstrap, "freshet-crash", topic, partitions),
+        committed(&broker.bootstrap, &group, topic, partitions),
         high_watermarks(&broker.bootstrap, topic, partitions)
     );
 }

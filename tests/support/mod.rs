@@ -352,8 +352,10 @@ pub fn test_config(dir: &Path, workers: usize) -> PathBuf {
     path
 }
 
+/// The `freshet` binary under test: this build's, or `FRESHET_TEST_BIN` (another build of
+/// it, e.g. a release binary, or one from before a fix to show that a test catches the bug).
 pub fn freshet() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_freshet"))
+    Command::new(std::env::var_os("FRESHET_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_freshet").into()))
 }
 
 /// Start `freshet run` (following its input) in the background; stdout is piped when
