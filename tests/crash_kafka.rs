@@ -231,7 +231,7 @@ fn points_by_doc(export: &str) -> BTreeMap<String, Points> {
 fn kill_9_during_a_large_snapshot_loses_no_update() {
     let docs = env_or("FRESHET_CRASH_DOCS", 20_000);
     let changes = env_or("FRESHET_CRASH_CHANGES", 5_000) as usize;
-    let kills = env_or("FRESHET_CRASH_KILLS", 20);
+    let kills = env_or("FRESHET_CRASH_KILLS", 8);
     let seed = env_or("FRESHET_CRASH_SEED", 13);
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
