@@ -143,6 +143,20 @@ fn pct(p: &Value, k: &str) -> String {
     p[k].as_f64().map_or("-".into(), |v| format!("{:.0} ms", v * 1000.0))
 }
 
+/// `freshet run --until-end` over `input` (hash embedder), its log at `info`.
+fn run_until_end(dataflow: &Path, config: &Path, input: &Path) -> std::process::Output {
+    freshet()
+        .args(["run", "--embedder", "hash", "--until-end", "--dataflow"])
+        .arg(dataflow)
+        .arg("--config")
+        .arg(config)
+        .arg("--input")
+        .arg(input)
+        .env("RUST_LOG", "info,qdrant_edge=error")
+        .output()
+        .unwrap_or_else(|e| panic!("freshet run: {e}"))
+}
+
 fn spawn_follow(dataflow: &Path, config: &Path, input: &Path, log: &Path) -> Child {
     freshet()
         .args(["run", "--embedder", "hash", "--dataflow"])
@@ -187,16 +201,7 @@ fn main() {
 
     // 1. The collection.
     let t = Instant::now();
-    let out = freshet()
-        .args(["run", "--embedder", "hash", "--until-end", "--dataflow"])
-        .arg(&dataflow)
-        .arg("--config")
-        .arg(&config)
-        .arg("--input")
-        .arg(&snapshot)
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
+    let out = run_until_end(&dataflow, &config, &snapshot);
     assert!(out.status.success(), "indexing the snapshot failed");
     let summary: Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("{}")).unwrap();
@@ -285,16 +290,7 @@ fn main() {
     let empty = dir.join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
     let t = Instant::now();
-    let out = freshet()
-        .args(["run", "--embedder", "hash", "--until-end", "--dataflow"])
-        .arg(&dataflow)
-        .arg("--config")
-        .arg(&config)
-        .arg("--input")
-        .arg(&empty)
-        .env("RUST_LOG", "info,qdrant_edge=error")
-        .output()
-        .unwrap_or_else(|e| panic!("restart: {e}"));
+    let out = run_until_end(&dataflow, &config, &empty);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let recovery = stderr.lines().find(|l| l.contains("recovering from a crash")).unwrap_or("clean start");
     println!("next start: {:.1} s, exit {}; {recovery}", t.elapsed().as_secs_f64(), out.status);

@@ -312,7 +312,11 @@ fn kill_9_during_a_large_snapshot_loses_no_update() {
             std::thread::sleep(Duration::from_millis(rng.random_range(50..recovery_time.as_millis().max(60) as u64)));
         } else {
             while !std::fs::read_to_string(&log).unwrap_or_default().contains("state rebuilt from the collection") {
-                assert!(child.try_wait().unwrap().is_none(), "freshet run exited: {}", std::fs::read_to_string(&log).unwrap());
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "freshet run exited: {}",
+                    std::fs::read_to_string(&log).unwrap()
+                );
                 assert!(started.elapsed() < Duration::from_secs(600), "no recovery within 10 minutes");
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -323,7 +327,8 @@ fn kill_9_during_a_large_snapshot_loses_no_update() {
             let budget = total * 9 * (round as i64 + 1) / (10 * kills as i64);
             let until = Instant::now() + Duration::from_millis(rng.random_range(0..window.as_millis() as u64));
             while Instant::now() < until {
-                let done: i64 = committed(&broker.bootstrap, &group, topic, partitions).values().map(|o| o.max(&0)).sum();
+                let done: i64 =
+                    committed(&broker.bootstrap, &group, topic, partitions).values().map(|o| o.max(&0)).sum();
                 if done >= budget {
                     break;
                 }
@@ -397,7 +402,13 @@ fn kill_9_during_a_large_snapshot_loses_no_update() {
     assert_export_matches(&final_export, &expected.export);
     assert_eq!(final_export, clean_export, "byte for byte the uninterrupted run's export");
     // `reconcile --verify` agrees: every document's points are consistent.
-    let verify = freshet().args(["reconcile", "--verify", "--dataflow"]).arg(&dataflow).arg("--config").arg(&config).output().unwrap();
+    let verify = freshet()
+        .args(["reconcile", "--verify", "--dataflow"])
+        .arg(&dataflow)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(verify.status.success(), "reconcile --verify: {}", String::from_utf8_lossy(&verify.stdout));
     assert_eq!(
         committed(&broker.bootstrap, &group, topic, partitions),
