@@ -296,9 +296,15 @@ fn endpoints_want_the_token_and_freshet_status_renders() {
     let out = freshet().args(["status", "--url", &url, "--token", "s3cret-token"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "freshet status failed: {}", String::from_utf8_lossy(&out.stderr));
-    for want in ["lag ", "commit→searchable", "rates ", "backlog ", "dead letters 0 in the file", "last errors"] {
+    for want in ["lag ", "commit→searchable", "rates ", "backlog ", "last errors"] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
+    // The history has title edits under an unchanged-TOAST body, dead-lettered by design:
+    // how many are in the file by now depends on how far the pipeline got.
+    assert!(
+        text.lines().any(|l| l.starts_with("dead letters ") && l.trim_end().ends_with(" in the file")),
+        "no dead-letter line in\n{text}"
+    );
     let out = freshet().args(["status", "--url", &url]).env_remove("FRESHET_HTTP_TOKEN").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));

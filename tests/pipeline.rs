@@ -197,3 +197,46 @@ fn run_expecting_failure(dataflow: &std::path::Path, config: &std::path::Path) -
     assert!(!out.status.success(), "the run should have failed");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Regression: a followed file's line that the writer wrote in two parts (a JSON value and
+/// its newline are separate writes for `writeln!`) was read as two records — two dead
+/// letters, the change lost — when the reader polled between the writes. The start of a
+/// line is kept until its end arrives.
+#[test]
+fn a_followed_line_written_in_two_parts_is_read_once_whole() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let dataflow = test_dataflow(dir.path(), &input);
+    let config = test_config(dir.path(), 1);
+    let child = spawn_run(&dataflow, &config, true);
+    // Until the collection exists, the reader is not reading yet.
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(dir.path().join("data/collections")).map_or(true, |mut d| d.next().is_none()) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "freshet did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let row = Row {
+        id: 7,
+        title: "Split".into(),
+        body: "A line in two writes.".into(),
+        lang: "en".into(),
+        status: "draft".into(),
+    };
+    let line = Ev::Upsert { row, lsn: 10, toast_body: false }.to_json();
+    let (a, b) = line.split_at(line.len() / 2);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&input).unwrap();
+    f.write_all(a.as_bytes()).unwrap();
+    // Many polls (every 20 ms) see the half line.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    f.write_all(format!("{b}\n").as_bytes()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().expect("a summary")).unwrap();
+    assert_eq!((summary["received"].as_u64(), summary["applied"].as_u64()), (Some(1), Some(1)), "{summary}");
+    assert_eq!(summary["dead_lettered"], 0, "{summary}");
+}

@@ -97,6 +97,7 @@ pub fn file_source<'scope>(
         let mut position: u64 = 0;
         let mut last_time: Time = 0;
         let mut buf = Vec::new();
+        let mut partial = false;
         let mut failed = false;
         let mut outstanding: VecDeque<Time> = VecDeque::new();
         move |output| {
@@ -137,13 +138,25 @@ pub fn file_source<'scope>(
             let mut eof = false;
             if let Some(r) = reader.as_mut() {
                 while read < opts.max_records_per_pass {
-                    buf.clear();
+                    // `buf` keeps a line's start read before its end was written.
+                    if !partial {
+                        buf.clear();
+                    }
                     match r.read_until(b'\n', &mut buf) {
                         Ok(0) => {
                             eof = true;
                             break;
                         }
+                        Ok(_) if buf.last() != Some(&b'\n') && !opts.until_end => {
+                            // A followed file: the writer has not finished this line (one
+                            // line may take several writes); read it whole at a later pass.
+                            // (`--until-end` reads a last line without a newline as it is.)
+                            partial = true;
+                            eof = true;
+                            break;
+                        }
                         Ok(_) => {
+                            partial = false;
                             position += 1;
                             if buf.iter().all(|b| b.is_ascii_whitespace()) {
                                 continue;
