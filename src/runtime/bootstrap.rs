@@ -184,13 +184,20 @@ pub fn rebuild(
         // at different versions, part of the write landed: unknown metadata makes the
         // re-read change rewrite every payload; points that agree keep their metadata, so
         // a re-read no-op writes nothing.
+        //
+        // Points at different versions are a torn write even when the in-flight log no
+        // longer names it (its carried entry is marked done right after this rebuild, before
+        // the change read again is applied; a crash in between forgets it). Regression
+        // (issue 13, a 20-kill run): such a document kept the chunk hashes of both versions,
+        // so the change read again found its chunks unchanged and its metadata equal — a
+        // no-op — and the points of the older version stayed behind committed offsets.
         let seen = tombstones.seen.get(&doc_id).copied().unwrap_or(0);
         let dirty = dirty.contains(&doc_id);
-        let mixed = dirty && version != p.newest;
+        let mixed = version != p.newest;
         let (version, payload_version) = match (dirty, mixed) {
-            (true, true) => (p.newest.saturating_sub(1).max(seen), 0),
+            (_, true) => (p.newest.saturating_sub(1).max(seen), 0),
             (true, false) => (p.newest.saturating_sub(1).max(seen), version),
-            (false, _) => (version.max(seen), version),
+            (false, false) => (version.max(seen), version),
         };
         let state = DocState {
             version,
@@ -255,7 +262,8 @@ mod tests {
             }
         };
         // Document "a" half-rewritten at version 20 (chunk 1 new, chunk 0 old); "b" untouched;
-        // "c" named by the interrupted write but none of it landed (or all of it).
+        // "c" named by the interrupted write but none of it landed (or all of it); "d"
+        // half-rewritten like "a" but no longer named by the in-flight log.
         let points = vec![
             point("a", 0, 10),
             point("a", 1, 20),
@@ -263,6 +271,8 @@ mod tests {
             point("b", 1, 10),
             point("c", 0, 30),
             point("c", 1, 30),
+            point("d", 0, 10),
+            point("d", 1, 20),
         ];
         sink.apply(vec![SinkOp::Upsert(points)]).unwrap();
         let suspects = [point_id(&ns, &DocId("a".into()), 1), point_id(&ns, &DocId("c".into()), 0)];
@@ -274,6 +284,9 @@ mod tests {
         let c = &boot.workers[0].docs[&DocId("c".into())];
         assert_eq!((c.version, c.payload_version), (29, 30), "its change applies again; a no-op writes nothing");
         assert!(!c.meta.is_empty());
+        let d = &boot.workers[0].docs[&DocId("d".into())];
+        assert_eq!((d.version, d.payload_version), (19, 0), "a torn write the log forgot is one all the same");
+        assert!(d.meta.is_empty(), "metadata unknown: the change read again rewrites every payload");
         let b = &boot.workers[0].docs[&DocId("b".into())];
         assert_eq!((b.version, b.payload_version, b.chunks.len()), (10, 10, 2));
         assert!(!b.meta.is_empty());
