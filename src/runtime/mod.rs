@@ -648,17 +648,7 @@ fn report_recovery(live: &Live, sink: crate::sink::SinkRecovery, torn_points: us
     if !sink.unclean_close && torn_points == 0 && boot.mixed_documents == 0 {
         return;
     }
-    tracing::warn!(
-        unclean_close = sink.unclean_close,
-        wal_operations_replayed = sink.wal_operations_replayed,
-        interrupted_replays = sink.interrupted_replays,
-        duplicate_points_repaired = sink.duplicate_points_repaired,
-        torn_write_points = torn_points,
-        torn_documents = boot.torn_documents,
-        mixed_documents = boot.mixed_documents,
-        "recovering from a crash: the documents of torn writes are applied again from the source"
-    );
-    live.set_recovery(serde_json::json!({
+    let recovery = serde_json::json!({
         "unclean_close": sink.unclean_close,
         "wal_operations_replayed": sink.wal_operations_replayed,
         "interrupted_replays": sink.interrupted_replays,
@@ -666,7 +656,9 @@ fn report_recovery(live: &Live, sink: crate::sink::SinkRecovery, torn_points: us
         "torn_write_points": torn_points,
         "torn_documents": boot.torn_documents,
         "mixed_documents": boot.mixed_documents,
-    }));
+    });
+    tracing::warn!(%recovery, "recovering from a crash: the documents of torn writes are applied again from the source");
+    live.set_recovery(recovery);
 }
 
 /// Points written so far: what the background index build has to catch up with.
