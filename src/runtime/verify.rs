@@ -51,13 +51,13 @@ impl VerifyReport {
     }
 }
 
-#[derive(Default)]
+/// What one document's points are compared against: the first point's values.
 struct Doc {
     chunks: Vec<u64>,
-    versions: Vec<u64>,
-    field_hashes: Vec<Option<serde_json::Value>>,
-    meta: Vec<Vec<Option<serde_json::Value>>>,
-    text_hash_wrong: bool,
+    version: u64,
+    field_hashes: Option<serde_json::Value>,
+    meta: Vec<Option<serde_json::Value>>,
+    found: [bool; 5],
 }
 
 /// Verify the collection behind `sink`; `meta_fields` are the dataflow's metadata fields.
@@ -69,31 +69,41 @@ pub fn verify(sink: &dyn VectorSink, meta_fields: &[String]) -> Result<VerifyRep
             points += 1;
             let pl = &p.payload;
             let Some(doc) = pl.get(keys::DOC_ID).and_then(|v| v.as_str()) else { continue };
-            let d = docs.entry(doc.to_owned()).or_default();
+            let version = pl.get(keys::SOURCE_VERSION).and_then(|v| v.as_u64()).unwrap_or(0);
+            let field_hashes = pl.get(keys::TEXT_FIELD_HASHES).cloned();
+            let meta: Vec<_> = meta_fields.iter().map(|f| pl.get(f).cloned()).collect();
+            let d = docs.entry(doc.to_owned()).or_insert_with(|| Doc {
+                chunks: Vec::new(),
+                version,
+                field_hashes: field_hashes.clone(),
+                meta: meta.clone(),
+                found: [false; 5],
+            });
             d.chunks.push(pl.get(keys::CHUNK_INDEX).and_then(|v| v.as_u64()).unwrap_or(u64::MAX));
-            d.versions.push(pl.get(keys::SOURCE_VERSION).and_then(|v| v.as_u64()).unwrap_or(0));
-            d.field_hashes.push(pl.get(keys::TEXT_FIELD_HASHES).cloned());
-            d.meta.push(meta_fields.iter().map(|f| pl.get(f).cloned()).collect());
             let stored = pl.get(keys::CONTENT_HASH).and_then(|v| v.as_str()).and_then(ContentHash::from_hex);
             if let (Some(h), Some(text)) = (stored, pl.get(keys::TEXT).and_then(|v| v.as_str())) {
-                d.text_hash_wrong |= ContentHash::of(text) != h;
+                d.found[0] |= ContentHash::of(text) != h;
             }
+            d.found[1] |= d.version != version;
+            d.found[2] |= d.field_hashes != field_hashes;
+            d.found[3] |= d.meta != meta;
         }
     })?;
+    let kinds = [
+        Disagreement::TextHash,
+        Disagreement::Versions,
+        Disagreement::TextFieldHashes,
+        Disagreement::Metadata,
+        Disagreement::ChunkGap,
+    ];
     let mut report = VerifyReport { points, documents: docs.len(), ..VerifyReport::default() };
     for (doc_id, mut d) in docs {
         d.chunks.sort_unstable();
-        let found = [
-            (Disagreement::TextHash, d.text_hash_wrong),
-            (Disagreement::Versions, !all_same(&d.versions)),
-            (Disagreement::TextFieldHashes, !all_same(&d.field_hashes)),
-            (Disagreement::Metadata, !all_same(&d.meta)),
-            (Disagreement::ChunkGap, d.chunks.iter().enumerate().any(|(i, c)| *c != i as u64)),
-        ];
-        if found.iter().any(|(_, bad)| *bad) {
+        d.found[4] = d.chunks.iter().enumerate().any(|(i, c)| *c != i as u64);
+        if d.found.iter().any(|bad| *bad) {
             report.disagreeing_documents += 1;
         }
-        for (kind, _) in found.into_iter().filter(|(_, bad)| *bad) {
+        for (kind, _) in kinds.into_iter().zip(d.found).filter(|(_, bad)| *bad) {
             *report.disagreeing.entry(kind).or_default() += 1;
             let e = report.examples.entry(kind).or_default();
             if e.len() < 10 {
@@ -102,10 +112,6 @@ pub fn verify(sink: &dyn VectorSink, meta_fields: &[String]) -> Result<VerifyRep
         }
     }
     Ok(report)
-}
-
-fn all_same<T: PartialEq>(v: &[T]) -> bool {
-    v.windows(2).all(|w| w[0] == w[1])
 }
 
 #[cfg(test)]
