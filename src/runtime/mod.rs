@@ -428,6 +428,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         std::thread::Builder::new()
             .name("freshet-optimize".into())
             .spawn(move || {
+                lower_thread_priority(BUILD_NICE);
                 let mut last = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
@@ -607,6 +608,30 @@ struct Activity {
     last_busy_ms: std::sync::atomic::AtomicU64,
     /// [`points_written`] as of the last optimisation.
     optimized: std::sync::atomic::AtomicU64,
+}
+
+/// The nice value of the background index build's thread, and so of the threads it starts
+/// (an HNSW build uses every core): the pipeline's threads keep the CPU when both want it,
+/// so a write is not slowed by a build running beside it (issue 15).
+const BUILD_NICE: i32 = 10;
+
+/// Lower the calling thread's CPU priority to `nice` (Linux: per thread, inherited by the
+/// threads it starts). Best effort: a failure only leaves the priority as it was.
+#[allow(unsafe_code)] // two system calls; no safe wrapper in the dependencies
+pub fn lower_thread_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls with no pointer arguments.
+        let (tid, r) = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            (tid, libc::setpriority(libc::PRIO_PROCESS, tid, nice))
+        };
+        if r != 0 {
+            tracing::debug!(tid, nice, error = %std::io::Error::last_os_error(), "could not lower the thread's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// How long a stop waits for a running index build before leaving it (see

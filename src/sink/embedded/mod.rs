@@ -37,6 +37,8 @@ pub struct EmbeddedSink {
     recovery: SinkRecovery,
     /// The WAL's end when the running index build started (flushed then), if one runs.
     building: Mutex<Option<u64>>,
+    /// The newest closed WAL segment already synced (see [`wal::sync`]).
+    wal_synced: Mutex<Option<u64>>,
 }
 
 thread_local! {
@@ -70,6 +72,9 @@ const REPAIR_JOURNAL: &str = "freshet.repair.json";
 /// collection is created or closed cleanly — and the WAL ranges that recoveries since
 /// appended (copies of earlier entries, skipped by the next replay; see `replay_wal`).
 const WAL_CHECKPOINT: &str = "freshet.wal-checkpoint";
+
+/// A write slower than this is logged (at debug) with where its time went.
+const SLOW_WRITE: Duration = Duration::from_millis(250);
 
 /// What an unclean open replays.
 struct Replay {
@@ -216,6 +221,7 @@ impl EmbeddedSink {
             _dir_lock: lock,
             recovery: SinkRecovery::default(),
             building: Mutex::new(None),
+            wal_synced: Mutex::new(None),
         };
         if let Some(replay) = replay {
             // First the WAL (which ends with the deletes of a repair a crash interrupted,
@@ -525,6 +531,13 @@ impl EmbeddedSink {
         Err(SinkError::Transient("the engine stayed busy; could not flush".into()))
     }
 
+    /// Make the engine's WAL durable up to its last append (not the segments). Under the
+    /// write lock.
+    fn sync_wal(&self) -> Result<(), SinkError> {
+        let mut synced = self.wal_synced.lock().map_err(|_| transient("WAL sync state poisoned"))?;
+        wal::sync(&self.path.join("wal"), &mut synced).map_err(transient)
+    }
+
     fn update(&self, op: UpdateOperation) -> Result<(), SinkError> {
         self.shard.update(op).map_err(|e| {
             let msg = e.to_string();
@@ -645,10 +658,29 @@ impl VectorSink for EmbeddedSink {
         self.dimension
     }
 
+    /// Durable when it returns: the engine's WAL is synced, and every open after a crash
+    /// replays the WAL since the last clean close (`replay_wal`). The segments are not
+    /// flushed here — that costs far more than the WAL's sync and is what kept a change
+    /// seconds from searchable (issue 15); they are flushed around each index build and at
+    /// close.
     fn apply(&self, ops: Vec<SinkOp>) -> Result<(), SinkError> {
+        let started = std::time::Instant::now();
         let _guard = self.write_lock.lock().map_err(|_| SinkError::Transient("write lock poisoned".into()))?;
+        let locked = started.elapsed();
         self.apply_locked(ops)?;
-        self.flush()
+        let applied = started.elapsed();
+        self.sync_wal()?;
+        let total = started.elapsed();
+        if total >= SLOW_WRITE {
+            tracing::debug!(
+                lock_wait_ms = locked.as_millis() as u64,
+                engine_ms = (applied - locked).as_millis() as u64,
+                wal_sync_ms = (total - applied).as_millis() as u64,
+                build_running = self.build_running(),
+                "slow write to the embedded engine"
+            );
+        }
+        Ok(())
     }
 
     fn scroll(
@@ -762,16 +794,31 @@ impl VectorSink for EmbeddedSink {
     /// old segments beside the new (with newer copies of the points written meanwhile); the
     /// next open replays the WAL and keeps each point's newest copy (`repair_duplicates`).
     fn optimize(&self) -> Result<(), SinkError> {
+        // The bulk of the flushes without holding writes back (the engine's flush runs
+        // beside updates); under the lock only what was written meanwhile.
+        let t = std::time::Instant::now();
+        let _ = self.flush();
+        let pre_flush = t.elapsed();
         {
             let _guard = self.write_lock.lock().map_err(|_| SinkError::Transient("write lock poisoned".into()))?;
             self.flush()?;
             let start = self.wal_end()?;
             *self.building.lock().map_err(|_| transient("build marker poisoned"))? = Some(start);
         }
+        let locked_flush = t.elapsed() - pre_flush;
         let built = self.shard.optimize().map_err(transient);
+        let build = t.elapsed() - pre_flush - locked_flush;
+        let _ = self.flush();
         let _guard = self.write_lock.lock().map_err(|_| SinkError::Transient("write lock poisoned".into()))?;
         let flushed = self.flush();
         *self.building.lock().map_err(|_| transient("build marker poisoned"))? = None;
+        tracing::debug!(
+            pre_flush_ms = pre_flush.as_millis() as u64,
+            locked_flush_ms = locked_flush.as_millis() as u64,
+            build_ms = build.as_millis() as u64,
+            after_ms = (t.elapsed() - pre_flush - locked_flush - build).as_millis() as u64,
+            "index build"
+        );
         built?;
         flushed
     }

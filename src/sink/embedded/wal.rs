@@ -119,6 +119,38 @@ pub fn tail(dir: &Path, from: u64) -> std::io::Result<WalTail> {
     Ok(out)
 }
 
+/// Make the WAL in `dir` durable up to its last append, without touching the segments:
+/// fsync every open segment file (the engine writes them through a shared memory map,
+/// whose dirty pages `fsync` writes back) and every closed one not synced before —
+/// `synced` is the first number of the newest closed segment already synced, updated here.
+/// A segment closed since is renamed from an open one, so the directory is synced too.
+/// Call it with no write to the engine in progress.
+pub fn sync(dir: &Path, synced: &mut Option<u64>) -> std::io::Result<()> {
+    let mut newest_closed = *synced;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let closed = match name.split_once('-') {
+            Some(("open", _)) => None,
+            Some(("closed", n)) => match n.parse::<u64>() {
+                Ok(n) if synced.is_none_or(|s| n > s) => Some(n),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        // Only appends retire (rename) a segment: the caller holds the engine's writes.
+        std::fs::File::open(&path)?.sync_data()?;
+        if let Some(n) = closed {
+            newest_closed = newest_closed.max(Some(n));
+        }
+    }
+    if newest_closed != *synced {
+        std::fs::File::open(dir)?.sync_all()?;
+        *synced = newest_closed;
+    }
+    Ok(())
+}
+
 /// Keep the entries numbered `from` or later of a segment whose first entry is `start`;
 /// returns how many entries the segment holds.
 fn take(out: &mut WalTail, start: u64, entries: Vec<Vec<u8>>, from: u64) -> u64 {
