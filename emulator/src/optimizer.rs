@@ -1,7 +1,9 @@
 //! The background index builder: a collection that was written and then left idle for
 //! [`IDLE`] gets the engine's optimisers run on it (segment merging, HNSW indexes once a
-//! segment passes the indexing threshold), holding that collection's write lock — requests
-//! on it wait for the build rather than racing it.
+//! segment passes the indexing threshold) — without the collection's lock: Qdrant's
+//! optimiser builds the new segments beside the live ones, proxies take the writes made
+//! meanwhile, so requests, writes included, go on during the build (the collection's status
+//! is yellow until it ends), as on a Qdrant server.
 
 use std::sync::Arc;
 use std::time::Duration;

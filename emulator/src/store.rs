@@ -62,6 +62,9 @@ pub struct CollectionHandle {
     /// When the collection was last written, if it was written since its last optimisation
     /// (for the idle index build).
     last_write: Mutex<Option<Instant>>,
+    /// Whether an index build runs on the collection (its status is then yellow, as a
+    /// Qdrant server's is while its optimisers run).
+    building: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CollectionHandle {
@@ -77,7 +80,18 @@ fn worker_failed(e: tokio::task::JoinError) -> EmulatorError {
 impl CollectionHandle {
     fn new(name: String, collection: Collection) -> Result<Self, EmulatorError> {
         let (dimension, _) = collection.vector_params()?;
-        Ok(Self { name, dimension, state: Arc::new(RwLock::new(Some(collection))), last_write: Mutex::new(None) })
+        Ok(Self {
+            name,
+            dimension,
+            state: Arc::new(RwLock::new(Some(collection))),
+            last_write: Mutex::new(None),
+            building: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Whether an index build runs on the collection now.
+    pub fn building(&self) -> bool {
+        self.building.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The collection's name.
@@ -144,10 +158,10 @@ impl CollectionHandle {
                 None => return Ok(Some(false)),
             }
         };
-        let optimized = tokio::task::spawn_blocking(move || crate::collection::optimize_shard(&shard))
-            .await
-            .map_err(worker_failed)??;
-        Ok(Some(optimized))
+        self.building.store(true, std::sync::atomic::Ordering::Relaxed);
+        let optimized = tokio::task::spawn_blocking(move || crate::collection::optimize_shard(&shard)).await;
+        self.building.store(false, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(optimized.map_err(worker_failed)??))
     }
 }
 

@@ -19,7 +19,7 @@ use qdrant_client::qdrant::points_update_operation::{
 };
 use qdrant_client::qdrant::vectors_config::Config;
 use qdrant_client::qdrant::{
-    AliasOperations, ChangeAliases, Condition, CountPointsBuilder, CreateAlias, CreateAliasBuilder,
+    AliasOperations, ChangeAliases, CollectionStatus, Condition, CountPointsBuilder, CreateAlias, CreateAliasBuilder,
     CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeleteAlias, DeletePointVectorsBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, HnswConfigDiffBuilder,
     OptimizersConfigDiffBuilder, PointId, PointStruct, PointVectors, PointsIdsList, PointsSelector,
@@ -822,4 +822,78 @@ async fn vectors_can_be_replaced_and_deleted() {
         .unwrap()
         .result;
     assert_eq!(hits.iter().map(|p| id_str(p.id.as_ref().unwrap())).collect::<Vec<_>>(), ["1"], "no vector, no hit");
+}
+
+/// Issue 15 on the Qdrant server path: writes never wait for an index build. A collection
+/// large enough for its HNSW build to take seconds, left idle so that the build starts
+/// (status yellow); writes made meanwhile are each acknowledged within a bound while the
+/// build still runs, and every one of them is there afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_are_acknowledged_while_an_index_build_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = Emulator::start(dir.path());
+    let client = emulator.client();
+    let dim = 64u64;
+    client
+        .create_collection(
+            CreateCollectionBuilder::new("docs")
+                .vectors_config(VectorParamsBuilder::new(dim, Distance::Cosine))
+                .hnsw_config(HnswConfigDiffBuilder::default().m(32).ef_construct(256))
+                .optimizers_config(OptimizersConfigDiffBuilder::default().indexing_threshold(1)),
+        )
+        .await
+        .unwrap();
+    let vector = |i: u64| (0..dim).map(|d| (((i + 1) * (d + 3) * 2_654_435_761) % 1000) as f32 / 1000.0).collect();
+    let loaded = 16_000u64;
+    for batch in (0..loaded).step_by(2_000) {
+        let points: Vec<_> = (batch..batch + 2_000).map(|i| point(i, vector(i), json!({ "i": i }))).collect();
+        client.upsert_points(UpsertPointsBuilder::new("docs", points)).await.unwrap();
+    }
+    let is_building = || async {
+        client.collection_info("docs").await.unwrap().result.unwrap().status == CollectionStatus::Yellow as i32
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !is_building().await {
+        assert!(std::time::Instant::now() < deadline, "no index build started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Writes during the build: an update of loaded points (moved out of the segments being
+    // built: copy-on-write into the proxies) and new points.
+    let mut during = 0;
+    let mut slowest = Duration::ZERO;
+    let mut written = 0u64;
+    while is_building().await && written < 100 {
+        let points: Vec<_> = (0..10)
+            .map(|k| {
+                let id = if k % 2 == 0 { written * 10 + k } else { loaded + written * 10 + k };
+                point(id, vector(id + 7), json!({ "i": id, "write": written }))
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        client.upsert_points(UpsertPointsBuilder::new("docs", points).wait(true)).await.unwrap();
+        slowest = slowest.max(t.elapsed());
+        written += 1;
+        if is_building().await {
+            during += 1;
+        }
+    }
+    assert!(during >= 5, "the build ended after {during} writes: too short to show anything (make it larger)");
+    assert!(slowest < Duration::from_secs(1), "a write during the build took {slowest:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while is_building().await {
+        assert!(std::time::Instant::now() < deadline, "the build did not end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let info = client.collection_info("docs").await.unwrap().result.unwrap();
+    assert!(info.indexed_vectors_count.unwrap_or(0) > 0, "no index was built: {info:?}");
+    // Every write made during the build is there, exactly.
+    let state = payloads(&client, "docs").await;
+    assert_eq!(state.len() as u64, loaded + written * 5);
+    for w in 0..written {
+        for k in 0..10 {
+            let id = if k % 2 == 0 { w * 10 + k } else { loaded + w * 10 + k };
+            assert_eq!(state[&id.to_string()], json!({ "i": id, "write": w }), "point {id}");
+        }
+    }
+    eprintln!("{during} writes acknowledged during the build, the slowest in {slowest:?}");
 }

@@ -198,7 +198,12 @@ fn grpc_schema_type(t: PayloadSchemaType) -> grpc::PayloadSchemaType {
 /// `CollectionInfo` of a collection: status green, counts, and its configuration (enough for
 /// a client to read back the dimension and distance of the vector).
 #[allow(deprecated)]
-fn collection_info(config: &EdgeConfig, info: &qdrant_edge::ShardInfo, points: usize) -> grpc::CollectionInfo {
+fn collection_info(
+    config: &EdgeConfig,
+    info: &qdrant_edge::ShardInfo,
+    points: usize,
+    building: bool,
+) -> grpc::CollectionInfo {
     let vector = config.vectors.get(DEFAULT_VECTOR).map(|v| grpc::VectorParams {
         size: v.size as u64,
         distance: grpc_distance(v.distance) as i32,
@@ -223,7 +228,8 @@ fn collection_info(config: &EdgeConfig, info: &qdrant_edge::ShardInfo, points: u
         })
         .collect();
     grpc::CollectionInfo {
-        status: grpc::CollectionStatus::Green as i32,
+        // Yellow while the optimisers run, as on a Qdrant server.
+        status: if building { grpc::CollectionStatus::Yellow } else { grpc::CollectionStatus::Green } as i32,
         optimizer_status: Some(grpc::OptimizerStatus { ok: true, error: String::new() }),
         segments_count: info.segments_count as u64,
         config: Some(grpc::CollectionConfig {
@@ -296,13 +302,14 @@ impl Collections for CollectionsService {
     ) -> Result<Response<grpc::GetCollectionInfoResponse>, Status> {
         let started = Instant::now();
         let handle = self.store.resolve(&request.get_ref().collection_name).await?;
+        let building = handle.building();
         let result = handle
-            .read(|c| {
+            .read(move |c| {
                 let count = c
                     .shard()
                     .count(qdrant_edge::CountRequest { filter: None, exact: true })
                     .map_err(EmulatorError::engine)?;
-                Ok(collection_info(&c.config(), &c.shard().info(), count))
+                Ok(collection_info(&c.config(), &c.shard().info(), count, building))
             })
             .await?;
         Ok(Response::new(grpc::GetCollectionInfoResponse {
