@@ -210,6 +210,20 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// On a failure, keeps the test's directory (data, logs of every run) for a post-mortem
+/// when `FRESHET_KEEP_FAILED` names where (`scripts/crash-test` sets it).
+struct KeepOnFailure<'a>(&'a Path, u64);
+
+impl Drop for KeepOnFailure<'_> {
+    fn drop(&mut self) {
+        if let (true, Some(to)) = (std::thread::panicking(), std::env::var_os("FRESHET_KEEP_FAILED")) {
+            let to = Path::new(&to).join(format!("seed-{}", self.1));
+            copy_dir(self.0, &to);
+            eprintln!("kept the failed run's directory in {}", to.display());
+        }
+    }
+}
+
 type Points = Vec<(String, Value)>;
 
 fn points_by_doc(export: &str) -> BTreeMap<String, Points> {
@@ -235,6 +249,7 @@ fn kill_9_during_a_large_snapshot_loses_no_update() {
     let seed = env_or("FRESHET_CRASH_SEED", 13);
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
+    let _keep = KeepOnFailure(dir.path(), seed);
     let topic = &broker.topic("pages");
     let (clean_group, group) = (broker.group("crash-clean"), broker.group("crash"));
     let partitions = 4;
