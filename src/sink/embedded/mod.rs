@@ -39,6 +39,10 @@ pub struct EmbeddedSink {
     building: Mutex<Option<u64>>,
     /// The newest closed WAL segment already synced (see [`wal::sync`]).
     wal_synced: Mutex<Option<u64>>,
+    /// A lower bound of the WAL's end (the number after its last entry), kept without
+    /// reading the WAL: its end at open plus one per successful update since (an update
+    /// that fails may or may not have logged its entry; not counting it keeps the bound).
+    wal_next: std::sync::atomic::AtomicU64,
 }
 
 thread_local! {
@@ -222,6 +226,7 @@ impl EmbeddedSink {
             recovery: SinkRecovery::default(),
             building: Mutex::new(None),
             wal_synced: Mutex::new(None),
+            wal_next: std::sync::atomic::AtomicU64::new(0),
         };
         if let Some(replay) = replay {
             // First the WAL (which ends with the deletes of a repair a crash interrupted,
@@ -240,6 +245,7 @@ impl EmbeddedSink {
             sink.flush()?;
             sink.checkpoint(None)?;
         }
+        sink.wal_next.store(sink.wal_end()?, std::sync::atomic::Ordering::Relaxed);
         Ok(sink)
     }
 
@@ -539,7 +545,11 @@ impl EmbeddedSink {
     }
 
     fn update(&self, op: UpdateOperation) -> Result<(), SinkError> {
-        self.shard.update(op).map_err(|e| {
+        let updated = self.shard.update(op);
+        if updated.is_ok() {
+            self.wal_next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        updated.map_err(|e| {
             let msg = e.to_string();
             // A wrong dimension, a malformed request, or a payload update of a point that
             // does not exist can never succeed.
@@ -789,44 +799,45 @@ impl VectorSink for EmbeddedSink {
     }
 
     /// Writes never wait for the build: Qdrant's optimiser builds the new segments beside
-    /// the live ones — proxies take the writes made meanwhile — and swaps them in, so only
-    /// the flushes before and after it take the write lock. A kill in the middle leaves the
-    /// old segments beside the new (with newer copies of the points written meanwhile); the
-    /// next open replays the WAL and keeps each point's newest copy (`repair_duplicates`).
+    /// the live ones — proxies take the writes made meanwhile — and swaps them in. A kill in
+    /// the middle leaves the old segments beside the new (with newer copies of the points
+    /// written meanwhile, and deletes made meanwhile known only to the proxies); the next
+    /// open replays the WAL and keeps each point's newest copy (`repair_duplicates`).
+    ///
+    /// Nothing here takes the write lock for longer than it takes to note where the WAL
+    /// stands: a write is durable by its WAL entry, not by a flush. The engine's flush (all
+    /// segments, which blocks writes to them while it runs) comes before and after the
+    /// build, keeping what the segments hold in memory bounded; a stop during the build
+    /// flushes what is left (`stop_during_build`).
     fn optimize(&self) -> Result<(), SinkError> {
-        // The bulk of the flushes without holding writes back (the engine's flush runs
-        // beside updates); under the lock only what was written meanwhile.
         let t = std::time::Instant::now();
-        let _ = self.flush();
-        let pre_flush = t.elapsed();
         {
             let _guard = self.write_lock.lock().map_err(|_| SinkError::Transient("write lock poisoned".into()))?;
-            self.flush()?;
-            let start = self.wal_end()?;
+            // Every operation before this number was applied before the build started.
+            let start = self.wal_next.load(std::sync::atomic::Ordering::Relaxed);
             *self.building.lock().map_err(|_| transient("build marker poisoned"))? = Some(start);
         }
-        let locked_flush = t.elapsed() - pre_flush;
+        let flushed_before = self.flush();
+        let flush_before = t.elapsed();
+        tracing::debug!(flush_ms = flush_before.as_millis() as u64, "index build starting");
         let built = self.shard.optimize().map_err(transient);
-        let build = t.elapsed() - pre_flush - locked_flush;
-        let _ = self.flush();
-        let _guard = self.write_lock.lock().map_err(|_| SinkError::Transient("write lock poisoned".into()))?;
-        let flushed = self.flush();
+        let build = t.elapsed() - flush_before;
+        let flushed_after = self.flush();
         *self.building.lock().map_err(|_| transient("build marker poisoned"))? = None;
         tracing::debug!(
-            pre_flush_ms = pre_flush.as_millis() as u64,
-            locked_flush_ms = locked_flush.as_millis() as u64,
             build_ms = build.as_millis() as u64,
-            after_ms = (t.elapsed() - pre_flush - locked_flush - build).as_millis() as u64,
-            "index build"
+            flush_after_ms = (t.elapsed() - flush_before - build).as_millis() as u64,
+            "index build done"
         );
         built?;
-        flushed
+        flushed_before.and(flushed_after)
     }
 
-    /// Everything written is flushed; the checkpoint moves to the build's start, which
-    /// everything before was flushed at (no torn flush since: this is no crash), and the
-    /// clean marker stays absent — so the next open replays the writes made during the
-    /// build and resolves the copies an interrupted swap may leave.
+    /// Everything written is flushed (no torn flush: this is no crash) and the checkpoint
+    /// moves to the build's start, before which every operation was applied; the clean
+    /// marker stays absent — so the next open replays the writes made during the build
+    /// (deletes among them, which only the build's proxies knew) and resolves the copies
+    /// an interrupted swap may leave.
     fn stop_during_build(&self) -> Result<bool, SinkError> {
         let _guard = self.write_lock.lock().map_err(|_| SinkError::Transient("write lock poisoned".into()))?;
         let Some(start) = *self.building.lock().map_err(|_| transient("build marker poisoned"))? else {
