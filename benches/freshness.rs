@@ -17,7 +17,8 @@
 //!    the recovery.
 //!
 //! `cargo bench --profile dev --bench freshness -- [--docs N] [--steady-rate R] [--steady-s S]
-//! [--pause-s P] [--burst-rate R] [--burst-s S] [--workers W]`
+//! [--pause-s P] [--burst-rate R] [--burst-s S] [--workers W] [--idle]`; `--idle` measures the
+//! same load with no index build running.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -176,7 +177,10 @@ fn main() {
     let docs = arg("--docs", if smoke { 300 } else { 45_000 });
     let steady_rate = arg("--steady-rate", 20);
     let steady_s = arg("--steady-s", if smoke { 2 } else { 120 });
-    let pause_s = arg("--pause-s", if smoke { 1 } else { 3 });
+    // `--idle`: no index build during the load (the collection's first build is waited
+    // for, and the pause between the phases is too short to start another).
+    let idle = std::env::args().any(|a| a == "--idle");
+    let pause_s = if idle { 0 } else { arg("--pause-s", if smoke { 1 } else { 3 }) };
     let burst_rate = arg("--burst-rate", if smoke { 50 } else { 200 });
     let burst_s = arg("--burst-s", if smoke { 2 } else { 120 });
     let workers = arg("--workers", 2);
@@ -220,6 +224,17 @@ fn main() {
     }
     wait_until_caught_up(port, Duration::from_secs(600));
     let restart_s = started.elapsed().as_secs_f64();
+    if idle {
+        // The build of the restored collection first, so that none runs during the load
+        // (the next one would start after 2 s without work).
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_secs(3));
+        while status(port, 60).is_some_and(|s| s["index_build_running"].as_bool() == Some(true)) {
+            assert!(t.elapsed() < Duration::from_secs(3600), "the index build did not end within an hour");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        println!("idle: waited {:.0} s for the index build of the collection to end", t.elapsed().as_secs_f64());
+    }
     let changes: Vec<String> = std::io::BufReader::new(std::fs::File::open(&changes_file).unwrap())
         .lines()
         .map_while(Result::ok)

@@ -107,11 +107,11 @@ impl Drop for Broker {
     }
 }
 
-fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
     ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client")
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
