@@ -17,6 +17,9 @@ use serde_json::{json, Value};
 use support::kafka::*;
 use support::*;
 
+/// A record's key and value (either may be null).
+type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// One malformed record: what it is, its key and value, and the reason it must be
 /// dead-lettered with.
 struct Bad {
@@ -222,7 +225,7 @@ fn every_kind_of_malformed_record_is_dead_lettered_with_its_reason_and_origin_an
         .set("enable.idempotence", "true")
         .create()
         .unwrap();
-    let mut records: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> = Vec::new();
+    let mut records: Vec<KeyValue> = Vec::new();
     let mut bad_at: BTreeMap<usize, &Bad> = BTreeMap::new();
     let mut pending = bad.iter();
     for (i, ev) in history.iter().enumerate() {
