@@ -610,28 +610,32 @@ struct Activity {
     optimized: std::sync::atomic::AtomicU64,
 }
 
-/// The nice value of the background index build's thread, and so of the threads it starts
-/// (an HNSW build uses every core): the pipeline's threads keep the CPU when both want it,
-/// so a write is not slowed by a build running beside it (issue 15).
+/// How much lower than the rest of the process the background index build runs (its
+/// thread's nice value is raised by this, and the threads it starts inherit it: an HNSW
+/// build uses every core), so the pipeline's threads keep the CPU when both want it and a
+/// write is not slowed by a build running beside it (issue 15).
 const BUILD_NICE: i32 = 10;
 
-/// Lower the calling thread's CPU priority to `nice` (Linux: per thread, inherited by the
-/// threads it starts). Best effort: a failure only leaves the priority as it was.
-#[allow(unsafe_code)] // two system calls; no safe wrapper in the dependencies
-pub fn lower_thread_priority(nice: i32) {
+/// Raise the calling thread's nice value by `by` (at most to 19), lowering its CPU
+/// priority (Linux: per thread, inherited by the threads it starts). Best effort: a
+/// failure only leaves the priority as it was.
+#[allow(unsafe_code)] // three system calls; no safe wrapper in the dependencies
+pub fn lower_thread_priority(by: i32) {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: plain system calls with no pointer arguments.
+        // SAFETY: plain system calls with no pointer arguments. getpriority returns the
+        // nice value itself (-20..=19; the raw syscall would return 20 - nice).
         let (tid, r) = unsafe {
             let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            (tid, libc::setpriority(libc::PRIO_PROCESS, tid, nice))
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+            (tid, libc::setpriority(libc::PRIO_PROCESS, tid, (now + by).min(19)))
         };
         if r != 0 {
-            tracing::debug!(tid, nice, error = %std::io::Error::last_os_error(), "could not lower the thread's priority");
+            tracing::debug!(tid, by, error = %std::io::Error::last_os_error(), "could not lower the thread's priority");
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = nice;
+    let _ = by;
 }
 
 /// How long a stop waits for a running index build before leaving it (see
