@@ -110,6 +110,19 @@ pub struct DocChange {
     pub commit_ts_ms: Option<u64>,
     /// The change.
     pub op: ChangeOp,
+    /// Where the record came from, without its position (`topic[partition]` on Kafka;
+    /// shared by every record of the partition): a dead letter of a later stage names the
+    /// record as `{source}@{position}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<std::sync::Arc<str>>,
+}
+
+impl DocChange {
+    /// The record's origin for a dead-letter entry (`topic[partition]@offset`), if the
+    /// source names it.
+    pub fn origin(&self) -> Option<String> {
+        self.source.as_ref().map(|s| format!("{s}@{}", self.position))
+    }
 }
 
 /// A point id: UUIDv5 of (collection namespace, doc_id, chunk_index).

@@ -302,6 +302,14 @@ fn every_kind_of_malformed_record_is_dead_lettered_with_its_reason_and_origin_an
     let decode_stage = dead.iter().filter(|d| d["stage"] == "decode").count();
     assert_eq!(decode_stage, bad.len(), "decode dead letters: {dead:#?}");
     assert_eq!(dead.len(), bad.len() + expected.dead_lettered, "{dead:#?}");
+    assert!(expected.dead_lettered > 0, "the history has records a later stage must refuse");
+    for d in &dead {
+        let origin = d["origin"].as_str().unwrap_or_default();
+        let offset: usize =
+            origin.strip_prefix(&format!("{topic}[0]@")).and_then(|o| o.parse().ok()).unwrap_or(usize::MAX);
+        assert!(offset < records.len(), "a dead letter without its origin: {d}");
+        assert_eq!(d["position"], offset, "{d}");
+    }
 
     // The pipeline kept going: the collection is the valid history's, nothing of the bad.
     assert_export_matches(&export(&dataflow, &config, true), &expected.export);

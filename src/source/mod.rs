@@ -150,12 +150,13 @@ pub struct RawRecord<'a> {
 }
 
 /// Decode one record into routed items (`peers` copies for a broadcast truncate).
-/// `origin` names the record in dead-letter entries (`topic[partition]@offset`).
+/// `source` names where it came from (`topic[partition]`; the record's position follows
+/// it in dead-letter entries: `topic[partition]@offset`).
 pub fn ingest(
     format: SourceFormat,
     spec: &DecodeSpec,
     record: RawRecord<'_>,
-    origin: impl FnOnce() -> Option<String>,
+    source: Option<&std::sync::Arc<str>>,
     peers: usize,
     out: &mut Vec<Routed>,
 ) {
@@ -166,6 +167,7 @@ pub fn ingest(
     };
     match decoded {
         Ok(Decoded::Record(SourceRecord::Doc(mut c))) => {
+            c.source = source.cloned();
             if let ChangeOp::Upsert(row) = &mut c.op {
                 for (name, v) in headers {
                     let text = v.map(|b| String::from_utf8_lossy(b).into_owned());
@@ -200,7 +202,7 @@ pub fn ingest(
                 counted: true,
                 item: Ingested::Dead(DeadLetter {
                     position,
-                    origin: origin(),
+                    origin: source.map(|s| format!("{s}@{position}")),
                     stage: "decode".into(),
                     reason: e.kind.as_str().into(),
                     error: e.to_string(),

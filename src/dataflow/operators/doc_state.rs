@@ -187,7 +187,7 @@ pub fn process_time(
                     Outcome::Rejected(r) => {
                         tally.dead_lettered += 1;
                         out.push(StateOut::Dead(DeadLetter {
-                            origin: None,
+                            origin: c.origin(),
                             position: c.position,
                             stage: "document".into(),
                             reason: r.reason.into(),
@@ -257,6 +257,7 @@ mod tests {
             position: version,
             commit_ts_ms: None,
             op: ChangeOp::Upsert(row),
+            source: None,
         };
         Routed { target: 0, counted: true, item: Ingested::Record(SourceRecord::Doc(change)) }
     }

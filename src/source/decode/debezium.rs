@@ -101,7 +101,7 @@ pub fn decode_debezium_json(
             (doc_id(spec, before, "before", key)?, ChangeOp::Delete)
         }
     };
-    Ok(Decoded::Record(SourceRecord::Doc(DocChange { doc_id, version, position, commit_ts_ms, op })))
+    Ok(Decoded::Record(SourceRecord::Doc(DocChange { doc_id, version, position, commit_ts_ms, op, source: None })))
 }
 
 /// The operation of a change event.

@@ -67,6 +67,7 @@ pub fn decode_upsert_json(
             position,
             commit_ts_ms,
             op: ChangeOp::Delete,
+            source: None,
         })));
     };
     let doc_id = doc_id(spec, Some(&row), "value", key)?;
@@ -78,6 +79,7 @@ pub fn decode_upsert_json(
         position,
         commit_ts_ms,
         op: ChangeOp::Upsert(row),
+        source: None,
     })))
 }
 

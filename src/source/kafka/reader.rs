@@ -65,6 +65,8 @@ pub struct KafkaSourceOptions {
 struct Owned {
     topic: String,
     partition: i32,
+    /// `topic[partition]`, for the records' origin.
+    name: std::sync::Arc<str>,
     queue: rdkafka::consumer::base_consumer::PartitionQueue<FreshetContext>,
     /// Next offset to read.
     next: i64,
@@ -136,6 +138,7 @@ pub fn kafka_source<'scope>(
                 owned.push(Owned {
                     topic: p.topic.clone(),
                     partition: p.partition,
+                    name: format!("{}[{}]", p.topic, p.partition).into(),
                     queue,
                     next: p.start,
                     end: p.end,
@@ -338,7 +341,7 @@ pub fn kafka_source<'scope>(
                 let mut ctx = ReadCtx { format: opts.format, decode: &opts.decode, peers, out: &mut routed };
                 let (topic, partition, end) = (o.topic.as_str(), o.partition, o.end);
                 for m in early.iter().filter(|m| m.topic() == topic && m.partition() == partition) {
-                    if read_one(topic, partition, &mut o.next, end, m, &mut ctx) {
+                    if read_one(&o.name, &mut o.next, end, m, &mut ctx) {
                         n += 1;
                     }
                 }
@@ -346,7 +349,7 @@ pub fn kafka_source<'scope>(
                     let Some(result) = o.queue.poll(Duration::ZERO) else { break };
                     match result {
                         Ok(m) => {
-                            if read_one(topic, partition, &mut o.next, end, &m, &mut ctx) {
+                            if read_one(&o.name, &mut o.next, end, &m, &mut ctx) {
                                 n += 1;
                             }
                         }
@@ -406,11 +409,10 @@ struct ReadCtx<'a> {
     out: &'a mut Vec<Routed>,
 }
 
-/// Decode one message of `topic[partition]` (skipping offsets before `next` or at/after
-/// `end`) and advance `next`. Returns whether it was read.
+/// Decode one message of partition `name` (`topic[partition]`), skipping offsets before
+/// `next` or at/after `end`, and advance `next`. Returns whether it was read.
 fn read_one<M: Message>(
-    topic: &str,
-    partition: i32,
+    name: &std::sync::Arc<str>,
     next: &mut i64,
     end: Option<i64>,
     m: &M,
@@ -431,7 +433,7 @@ fn read_one<M: Message>(
         timestamp_ms: m.timestamp().to_millis().and_then(|t| u64::try_from(t).ok()),
         headers: &headers,
     };
-    ingest(ctx.format, ctx.decode, record, || Some(format!("{topic}[{partition}]@{offset}")), ctx.peers, ctx.out);
+    ingest(ctx.format, ctx.decode, record, Some(name), ctx.peers, ctx.out);
     *next = offset + 1;
     true
 }
