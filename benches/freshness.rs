@@ -274,6 +274,13 @@ fn main() {
             1000.0 * (sink_sum1 - sink_sum0) / (sink_n1 - sink_n0).max(1.0),
         );
         println!("|   stage lag (mean of 250 ms samples): {} |", stages.join(", "));
+        let i = &st["ingest_to_searchable"];
+        println!(
+            "|   read by freshet → searchable: p50 {}, p95 {}, p99 {} |",
+            pct(i, "p50_s"),
+            pct(i, "p95_s"),
+            pct(i, "p99_s")
+        );
     };
     println!("restart over the collection: {restart_s:.1} s");
     println!(
@@ -309,4 +316,10 @@ fn main() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let recovery = stderr.lines().find(|l| l.contains("recovering from a crash")).unwrap_or("clean start");
     println!("next start: {:.1} s, exit {}; {recovery}", t.elapsed().as_secs_f64(), out.status);
+    // The followed run's log, for a look at where the time went (`RUST_LOG=…,freshet::sink=debug`
+    // logs each slow write with its lock wait, engine and WAL-sync time, and the builds).
+    let kept = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/freshness-run.log"));
+    if std::fs::copy(&log, &kept).is_ok() {
+        println!("freshet's log: {}", kept.display());
+    }
 }

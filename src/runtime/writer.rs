@@ -141,6 +141,7 @@ async fn resolve(s: &WriterShared, time: Time, batch: WriteBatch) -> Resolved {
     };
     let mut reused = vectors.len() as u64;
     let missing: Vec<ContentHash> = hashes.iter().filter(|h| !vectors.contains_key(h)).copied().collect();
+    let started = std::time::Instant::now();
     if !missing.is_empty() {
         let sink = Arc::clone(&s.sink);
         let model = s.embed.model_id().to_string();
@@ -163,6 +164,7 @@ async fn resolve(s: &WriterShared, time: Time, batch: WriteBatch) -> Resolved {
         }
     }
     s.metrics.record_reused(reused);
+    let lookup = started.elapsed();
     let to_embed: Vec<(ContentHash, String)> = needed.into_iter().filter(|(h, _)| !vectors.contains_key(h)).collect();
     let mut failed = HashMap::new();
     if !to_embed.is_empty() {
@@ -177,8 +179,20 @@ async fn resolve(s: &WriterShared, time: Time, batch: WriteBatch) -> Resolved {
             }
         }
     }
+    let total = started.elapsed();
+    if total >= SLOW_STAGE {
+        tracing::debug!(
+            time,
+            lookup_ms = lookup.as_millis() as u64,
+            embed_ms = (total - lookup).as_millis() as u64,
+            "slow vector resolution (known vectors looked up in the collection, then embedding)"
+        );
+    }
     Resolved { time, batch, vectors, failed }
 }
+
+/// A writer stage slower than this is logged (at debug) with where its time went.
+const SLOW_STAGE: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn build_ops(
     s: &WriterShared,
@@ -290,6 +304,7 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
             SinkOp::Delete(_) => Vec::new(),
         })
         .collect();
+    let started = std::time::Instant::now();
     let token = if touched.is_empty() {
         None
     } else {
@@ -301,6 +316,7 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
             }
         }
     };
+    let inflight_logged = started.elapsed();
     if !ops.is_empty() {
         if let Err(e) = apply_with_retry(s, r.time, ops).await {
             // Something in the batch can never be written: write each document on its
@@ -336,6 +352,7 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
             }
         }
     }
+    let applied = started.elapsed();
     if let Some(hook) = &s.on_written {
         let docs: Vec<crate::model::DocId> = per_doc.iter().map(|(i, _)| r.batch.writes[*i].doc_id.clone()).collect();
         if !docs.is_empty() {
@@ -373,6 +390,16 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
             let doc = d.doc_id.as_deref().unwrap_or("-");
             s.metrics.record_error("dead_letter", format!("{} ({}, doc {doc}): {}", d.reason, d.stage, d.error));
         }
+    }
+    let total = started.elapsed();
+    if total >= SLOW_STAGE {
+        tracing::debug!(
+            time = r.time,
+            inflight_log_ms = inflight_logged.as_millis() as u64,
+            sink_ms = (applied - inflight_logged).as_millis() as u64,
+            logs_ms = (total - applied).as_millis() as u64,
+            "slow write (in-flight log, sink, then the tombstone, version and dead-letter logs)"
+        );
     }
     tally
 }

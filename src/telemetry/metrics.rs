@@ -397,6 +397,14 @@ impl Metrics {
             match c {
                 Some(c) => {
                     let v = now.saturating_sub(*c) as f64 / 1000.0;
+                    if v >= 1.0 {
+                        tracing::debug!(
+                            commit_ms = *c,
+                            read_after_ms = time.saturating_sub(*c),
+                            searchable_after_ms = now.saturating_sub(time),
+                            "a change took over a second from its commit to searchable"
+                        );
+                    }
                     self.commit_to_searchable.observe(v);
                     if let Ok(mut w) = self.commit_window.lock() {
                         w.observe(now_s, v);
