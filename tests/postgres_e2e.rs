@@ -35,7 +35,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Map, Value};
 use support::kafka::{kafka_config, Broker};
-use support::postgres::{lit, partitions_of, read_topic, services, Connector, Services};
+use support::postgres::{lit, partitions_of, read_topic, services, Connector, Services, TopicRecord};
 use support::{export, run_until_end};
 
 /// Metadata columns carried into every point (`category` is added mid-stream).
@@ -155,7 +155,7 @@ fn the_collection_equals_select_from_postgres_with_1_and_2_workers() {
     // What Debezium sent: the shapes this test is about were really exercised.
     let records = |t: &Table| read_topic(&broker.bootstrap, &t.topic);
     let (dflt, full) = (records(&tables[0]), records(&tables[1]));
-    let with = |recs: &[(i32, Option<String>, Option<String>)], s: &str| {
+    let with = |recs: &[TopicRecord], s: &str| {
         recs.iter().filter(|(_, _, v)| v.as_deref().is_some_and(|v| v.contains(s))).count()
     };
     assert!(with(&dflt, PLACEHOLDER) >= 5, "the DEFAULT table's unchanged TOASTed bodies came as placeholders");

@@ -304,9 +304,12 @@ impl Drop for Connector {
     }
 }
 
-/// Every record of `topic` (all its partitions, from the beginning to the high watermarks):
-/// (partition, key, value), in partition order then offset order.
-pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<(i32, Option<String>, Option<String>)> {
+/// One record of a topic: (partition, key, value).
+pub type TopicRecord = (i32, Option<String>, Option<String>);
+
+/// Every record of `topic` (all its partitions, from the beginning to the high watermarks),
+/// in partition order then offset order.
+pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<TopicRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("{topic}-reader"))
@@ -324,7 +327,7 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<(i32, Option<String>, Opt
             tpl.add_partition_offset(topic, p, Offset::Offset(low)).expect("partition");
         }
     }
-    let mut by_partition: BTreeMap<i32, Vec<(i64, Option<String>, Option<String>)>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, Vec<TopicRecord>> = BTreeMap::new();
     if ends.is_empty() {
         return Vec::new();
     }
@@ -336,12 +339,12 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<(i32, Option<String>, Opt
         let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
         let m = m.expect("consume");
         let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
-        by_partition.entry(m.partition()).or_default().push((m.offset(), text(m.key()), text(m.payload())));
+        by_partition.entry(m.partition()).or_default().push((m.partition(), text(m.key()), text(m.payload())));
         if m.offset() + 1 >= ends[&m.partition()] {
             done.insert(m.partition(), true);
         }
     }
-    by_partition.into_iter().flat_map(|(p, recs)| recs.into_iter().map(move |(_, k, v)| (p, k, v))).collect()
+    by_partition.into_values().flatten().collect()
 }
 
 /// The number of partitions of `topic`.
