@@ -204,7 +204,11 @@ pub mod keys {
     pub const TEXT_FIELD_HASHES: &str = "text_field_hashes";
 }
 
-/// The payload of a chunk point: metadata, then freshet's own keys.
+/// The payload of a chunk point: metadata, then freshet's own keys. A null metadata value (a
+/// NULL column, or a column the row does not have yet) is no key at all, which is what a
+/// payload update leaves: Qdrant's set-payload merge removes a key set to null, so a null
+/// written into new points would give one document's chunks two shapes (`key: null` on the
+/// re-embedded ones, no key on the others).
 #[allow(clippy::too_many_arguments)]
 pub fn chunk_payload(
     metadata: &Metadata,
@@ -216,7 +220,7 @@ pub fn chunk_payload(
     text: &str,
     text_field_hashes: &[u64],
 ) -> Metadata {
-    let mut p = metadata.clone();
+    let mut p: Metadata = metadata.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
     p.insert(keys::DOC_ID.into(), doc_id.0.clone().into());
     p.insert(keys::CHUNK_INDEX.into(), chunk_index.into());
     p.insert(keys::CONTENT_HASH.into(), hash.to_hex().into());
@@ -227,7 +231,8 @@ pub fn chunk_payload(
     p
 }
 
-/// The payload keys a payload-only update sets (merged into the existing payload).
+/// The payload keys a payload-only update sets (merged into the existing payload: a null
+/// metadata value removes its key).
 pub fn update_payload(metadata: &Metadata, version: Version, model_id: &str, text_field_hashes: &[u64]) -> Metadata {
     let mut p = metadata.clone();
     p.insert(keys::SOURCE_VERSION.into(), version.into());
@@ -318,5 +323,28 @@ mod json_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
         let text = String::deserialize(d)?;
         serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Regression (found by tests/postgres_e2e.rs against real Debezium): a NULL column gave
+    /// re-embedded chunks `category: null` and payload-updated chunks of the same document no
+    /// `category` key (the set-payload merge removes null keys).
+    #[test]
+    fn null_metadata_is_no_payload_key_as_after_a_payload_update() {
+        let mut meta = Metadata::new();
+        meta.insert("status".into(), serde_json::json!("draft"));
+        meta.insert("category".into(), serde_json::Value::Null);
+        let doc = DocId("7".into());
+        let p = chunk_payload(&meta, &doc, 0, &ContentHash::of("t"), 5, "m", "t", &[1, 2]);
+        assert_eq!(p.get("status"), Some(&serde_json::json!("draft")));
+        assert!(!p.contains_key("category"), "{p:?}");
+        // The update keeps the null: merged, it removes a value the column no longer has.
+        let u = update_payload(&meta, 6, "m", &[1, 2]);
+        assert_eq!(u.get("category"), Some(&serde_json::Value::Null));
     }
 }

@@ -9,6 +9,7 @@ use std::process::Command;
 
 pub mod faults;
 pub mod kafka;
+pub mod postgres;
 pub mod qdrant;
 
 use freshet::config::DataflowSpec;

@@ -1,0 +1,534 @@
+//! The database is the oracle: real SQL against PostgreSQL, captured by the Debezium 3.6.1
+//! connector of Kafka Connect (registered from `config/debezium-postgres.json`) into Kafka
+//! topics of 4 partitions, indexed by `freshet run --until-end` with 1 and with 2 workers; the
+//! collection must equal, point by point, what `SELECT` returns from Postgres: every live
+//! row's current text chunked by freshet's chunker, each chunk a point with the row's columns
+//! as metadata and the hash embedder's vector, nothing for a deleted or truncated row.
+//!
+//! Two tables, one with `REPLICA IDENTITY DEFAULT` (Debezium sends an unchanged TOASTed
+//! `body` as `__debezium_unavailable_value`) and one with `FULL` (the before image fills it
+//! in); an initial load read by the snapshot, then inserts, edits of the text, of metadata
+//! only, of metadata of rows whose large body is TOASTed, deletes, a transaction touching
+//! many rows, a delete and re-insert, a row created and deleted in one transaction, an update
+//! that changes nothing; then a `TRUNCATE` (and reload, in one transaction),
+//! `ALTER TABLE … ADD COLUMN` and writes that use the new column. Each round is checked
+//! (and before the second round is indexed, the check must fail: it can).
+//!
+//! Services: `scripts/services` (Kafka, PostgreSQL, Kafka Connect; started if they do not
+//! answer, left running) or the ones `FRESHET_KAFKA_BOOTSTRAP`, `FRESHET_PG_URL` /
+//! `FRESHET_PG_HOST`…, `FRESHET_CONNECT_URL` name. Every name (tables, connector, slot,
+//! publication, topics, groups) is unique to the run; the connector, its slot and its
+//! publication are removed at the end.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use freshet::config::DataflowSpec;
+use freshet::dataflow::chunk::Chunker;
+use freshet::embed::hash::HashEmbedder;
+use freshet::model::{collection_namespace, point_id, str_hash, ContentHash, DocId};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Map, Value};
+use support::kafka::{kafka_config, Broker};
+use support::postgres::{lit, partitions_of, read_topic, services, Connector, Services, TopicRecord};
+use support::{export, run_until_end};
+
+/// Metadata columns carried into every point (`category` is added mid-stream).
+const METADATA: [&str; 5] = ["title", "status", "priority", "tags", "category"];
+const MODEL_ID: &str = "freshet/hash-16";
+const DIMENSION: usize = 16;
+const PLACEHOLDER: &str = "__debezium_unavailable_value";
+
+/// One captured table and the pipelines indexing it.
+struct Table {
+    name: String,
+    /// `REPLICA IDENTITY FULL` (else DEFAULT).
+    full: bool,
+    topic: String,
+    dataflow: PathBuf,
+    spec: DataflowSpec,
+    /// (workers, runtime config) of each pipeline, each with its own data directory and
+    /// consumer group.
+    runs: Vec<(usize, PathBuf)>,
+}
+
+#[test]
+fn the_collection_equals_select_from_postgres_with_1_and_2_workers() {
+    let t0 = Instant::now();
+    let broker = Broker::start();
+    let svc = services();
+    eprintln!("services ready in {:.1} s", t0.elapsed().as_secs_f64());
+    // The pipelines' files, kept for a look when `FRESHET_E2E_KEEP` is set.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let _tmp = if std::env::var_os("FRESHET_E2E_KEEP").is_some() {
+        eprintln!("FRESHET_E2E_KEEP: keeping {}", tmp.keep().display());
+        None
+    } else {
+        Some(tmp)
+    };
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let base = format!("e2e_{}_{}", std::process::id(), ms % 1_000_000_000);
+    let topic_prefix = broker.topic("pg");
+    let tables: Vec<Table> = [("dflt", false), ("full", true)]
+        .into_iter()
+        .map(|(kind, full)| {
+            let name = format!("{base}_{kind}");
+            let topic = format!("{topic_prefix}.public.{name}");
+            let dataflow = write_dataflow(&root, &name, &topic);
+            let spec = DataflowSpec::load(&dataflow).expect("dataflow");
+            let runs = [1, 2]
+                .into_iter()
+                .map(|workers| {
+                    let run_dir = root.join(format!("{kind}-{workers}w"));
+                    std::fs::create_dir_all(&run_dir).unwrap();
+                    let group = broker.group(&format!("{kind}-{workers}w"));
+                    (workers, kafka_config(&run_dir, "config", workers, &broker.bootstrap, &group, ""))
+                })
+                .collect();
+            Table { name, full, topic, dataflow, spec, runs }
+        })
+        .collect();
+
+    // The initial load, read by Debezium's snapshot.
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    for t in &tables {
+        svc.psql(&create_and_load(t, &mut rng.clone()));
+    }
+    rng = ChaCha8Rng::seed_from_u64(17);
+    let names: Vec<String> = tables.iter().map(|t| format!("public.{}", t.name)).collect();
+    let t1 = Instant::now();
+    let connector = Connector::register(svc, &base, &topic_prefix, &names, &[]);
+
+    // Round 1: streaming changes of every kind but the schema change and the truncate.
+    for t in &tables {
+        svc.psql(&round_one(&t.name, &mut rng.clone()));
+    }
+    let waited = connector.wait_captured();
+    eprintln!(
+        "snapshot and round 1 captured in {:.1} s (registration {:.1} s)",
+        t1.elapsed().as_secs_f64(),
+        (t1.elapsed() - waited).as_secs_f64()
+    );
+    for t in &tables {
+        assert_eq!(partitions_of(&broker.bootstrap, &t.topic), 4, "{}", t.topic);
+        check_round(svc, t, &[0, 0], "round 1");
+    }
+
+    // Round 2: truncate and reload (DEFAULT table), a new column, TOAST again.
+    rng = ChaCha8Rng::seed_from_u64(18);
+    for t in &tables {
+        svc.psql(&round_two(&t.name, !t.full, &mut rng.clone()));
+    }
+    connector.wait_captured();
+    // The check can fail: the collection as round 1 left it is not what Postgres holds now.
+    for t in &tables {
+        let (_, config) = &t.runs[0];
+        let stale = differences(&export(&t.dataflow, config, true), &expected_points(&t.spec, &svc.rows(&t.name)));
+        assert!(!stale.is_empty(), "{}: the round-1 collection already equals the round-2 table", t.name);
+    }
+    for t in &tables {
+        // DEFAULT: the title edit of a row whose TOASTed body was unchanged is dead-lettered
+        // (freshet keeps hashes, not text); the next write of that row repairs it.
+        let dead = if t.full { 0 } else { 1 };
+        check_round(svc, t, &[dead, dead], "round 2");
+        if !t.full {
+            for (_, config) in &t.runs {
+                let data = config.parent().unwrap().join("data/dead-letter.jsonl");
+                let entries: Vec<Value> = std::fs::read_to_string(&data)
+                    .expect("dead-letter file")
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                assert_eq!(entries.len(), 1, "{entries:?}");
+                assert_eq!(entries[0]["reason"], "toast_unresolvable", "{entries:?}");
+                assert_eq!(entries[0]["doc_id"], "303", "{entries:?}");
+            }
+        }
+    }
+
+    // What Debezium sent: the shapes this test is about were really exercised.
+    let records = |t: &Table| read_topic(&broker.bootstrap, &t.topic);
+    let (dflt, full) = (records(&tables[0]), records(&tables[1]));
+    let with = |recs: &[TopicRecord], s: &str| {
+        recs.iter().filter(|(_, _, v)| v.as_deref().is_some_and(|v| v.contains(s))).count()
+    };
+    assert!(with(&dflt, PLACEHOLDER) >= 5, "the DEFAULT table's unchanged TOASTed bodies came as placeholders");
+    assert_eq!(with(&full, PLACEHOLDER), 0, "FULL: Debezium fills unchanged TOASTed values from the before image");
+    assert_eq!(with(&dflt, "\"op\":\"t\""), 1, "one TRUNCATE event");
+    for recs in [&dflt, &full] {
+        let used: BTreeSet<i32> = recs.iter().map(|(p, _, _)| *p).collect();
+        assert!(used.len() >= 3, "records spread over the 4 partitions: {used:?}");
+    }
+    drop(connector);
+    for t in &tables {
+        svc.psql(&format!("DROP TABLE {};", t.name));
+    }
+    eprintln!("whole test {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// Run every pipeline of `t` to the end of its topic and compare its collection with the
+/// table; `dead[i]` is the dead-letter count expected of run `i`.
+fn check_round(svc: &Services, t: &Table, dead: &[u64], round: &str) {
+    let rows = svc.rows(&t.name);
+    let expected = expected_points(&t.spec, &rows);
+    assert!(
+        rows.len() > 100 && expected.len() > 2 * rows.len(),
+        "{}: {} rows, {} chunks",
+        t.name,
+        rows.len(),
+        expected.len()
+    );
+    for ((workers, config), dead) in t.runs.iter().zip(dead) {
+        let start = Instant::now();
+        let summary = run_until_end(&t.dataflow, config, &[]);
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(summary["dead_lettered"].as_u64(), Some(*dead), "{} {round}, {workers} workers: {summary}", t.name);
+        let diffs = differences(&export(&t.dataflow, config, true), &expected);
+        assert!(
+            diffs.is_empty(),
+            "{} {round}, {workers} workers: the collection differs from SELECT in {} ways; first:\n{}",
+            t.name,
+            diffs.len(),
+            diffs.iter().take(8).cloned().collect::<Vec<_>>().join("\n")
+        );
+        eprintln!(
+            "{} {round}, {workers} worker(s): {} rows = {} points, run {secs:.1} s ({summary})",
+            t.name,
+            rows.len(),
+            expected.len()
+        );
+    }
+}
+
+fn write_dataflow(dir: &Path, table: &str, topic: &str) -> PathBuf {
+    let path = dir.join(format!("{table}.dataflow.toml"));
+    let metadata = METADATA.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", ");
+    std::fs::write(
+        &path,
+        format!(
+            r#"name = "{table}"
+[source]
+kind = "kafka"
+topics = ["{topic}"]
+table = "public.{table}"
+[document]
+id = ["id"]
+version = "source.lsn"
+text = "{{title}}\n\n{{body}}"
+metadata = [{metadata}]
+[chunker]
+max_chars = 200
+[embedder]
+kind = "hash"
+dimension = {DIMENSION}
+max_wait_ms = 5
+[sink]
+collection = "{table}"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+// ---- the oracle ----------------------------------------------------------------------------
+
+/// The points a collection of `rows` must hold, by point id: each row's `title` and `body`
+/// rendered as the dataflow's template says, chunked by freshet's chunker; the payload the
+/// row's columns and the chunk (`source_version`, the LSN of the row's last write, is not in
+/// the table: [`differences`] checks it apart).
+fn expected_points(spec: &DataflowSpec, rows: &[Map<String, Value>]) -> BTreeMap<String, (Value, Vec<f32>)> {
+    let chunker = Chunker::new(&spec.chunker);
+    let ns = collection_namespace(&spec.sink.collection);
+    let embedder = HashEmbedder::new(DIMENSION);
+    let mut points = BTreeMap::new();
+    for row in rows {
+        let id = row["id"].as_i64().expect("bigint id");
+        let title = row["title"].as_str().expect("title");
+        let body = row["body"].as_str().expect("body");
+        let doc_id = DocId(id.to_string());
+        for (i, chunk) in chunker.chunks(&format!("{title}\n\n{body}")).iter().enumerate() {
+            let hash = ContentHash::of(chunk);
+            let mut p = Map::new();
+            // A NULL column (or one not added yet) is no payload key: the collection keeps
+            // no null payload values.
+            for m in METADATA {
+                if let Some(v) = row.get(m).filter(|v| !v.is_null()) {
+                    p.insert(m.into(), v.clone());
+                }
+            }
+            p.insert("doc_id".into(), json!(doc_id.0));
+            p.insert("chunk_index".into(), json!(i));
+            p.insert("content_hash".into(), json!(hash.to_hex()));
+            p.insert("model_id".into(), json!(MODEL_ID));
+            p.insert("text".into(), json!(chunk));
+            p.insert(
+                "text_field_hashes".into(),
+                json!([format!("{:016x}", str_hash(title)), format!("{:016x}", str_hash(body))]),
+            );
+            let pid = point_id(&ns, &doc_id, i as u32).to_string();
+            points.insert(pid, (Value::Object(p), embedder.vector_for(&hash)));
+        }
+    }
+    points
+}
+
+/// How an export (`freshet export --with-vectors`) differs from the expected points: points
+/// missing or extra, payloads or vectors that differ, a document whose chunks disagree on
+/// `source_version`.
+fn differences(export: &str, expected: &BTreeMap<String, (Value, Vec<f32>)>) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut versions: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for line in export.lines() {
+        let got: Value = serde_json::from_str(line).expect("export line");
+        let id = got["id"].as_str().expect("point id").to_owned();
+        let mut payload = got["payload"].as_object().cloned().expect("payload");
+        let doc = payload.get("doc_id").cloned().unwrap_or(Value::Null);
+        match payload.remove("source_version").and_then(|v| v.as_u64()) {
+            Some(v) if v > 0 => {
+                versions.entry(doc.to_string()).or_default().insert(v);
+            }
+            other => diffs.push(format!("point {id} (doc {doc}): source_version {other:?}")),
+        }
+        let Some((want, vector)) = expected.get(&id) else {
+            diffs.push(format!(
+                "extra point {id}: doc {doc} chunk {:?} {:?}",
+                payload.get("chunk_index"),
+                payload.get("text")
+            ));
+            continue;
+        };
+        seen.insert(id.clone());
+        if Value::Object(payload.clone()) != *want {
+            let want = want.as_object().unwrap();
+            let keys: BTreeSet<&String> = payload.keys().chain(want.keys()).collect();
+            let differ: Vec<String> = keys
+                .into_iter()
+                .filter(|k| payload.get(*k) != want.get(*k))
+                .map(|k| format!("{k}: got {:?}, want {:?}", payload.get(k), want.get(k)))
+                .collect();
+            diffs.push(format!("point {id} (doc {doc} chunk {}): {}", want["chunk_index"], differ.join("; ")));
+        }
+        let got_vec: Vec<f64> =
+            got["vector"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+        if got_vec.len() != vector.len() || got_vec.iter().zip(vector).any(|(a, b)| (a - f64::from(*b)).abs() > 1e-5) {
+            diffs.push(format!("point {id} (doc {doc}): vector differs"));
+        }
+    }
+    for (id, (want, _)) in expected {
+        if !seen.contains(id) {
+            diffs.push(format!("missing point {id}: doc {} chunk {}", want["doc_id"], want["chunk_index"]));
+        }
+    }
+    for (doc, v) in versions {
+        if v.len() > 1 {
+            diffs.push(format!("doc {doc}: chunks at source versions {v:?}"));
+        }
+    }
+    diffs
+}
+
+// ---- the workload --------------------------------------------------------------------------
+
+const WORDS: &[&str] = &[
+    "river", "delta", "index", "lantern", "harbor", "orbit", "garden", "engine", "signal", "copper", "meadow",
+    "glacier", "ledger", "violet", "thunder", "pepper", "marble", "falcon", "cedar", "quartz", "naïve", "café",
+    "Zürich", "O'Brien", "über", "ñandú",
+];
+
+fn paragraph(rng: &mut ChaCha8Rng, numbered: bool) -> String {
+    let n = rng.random_range(8..45);
+    let words: Vec<String> = (0..n)
+        .map(|_| {
+            let w = WORDS[rng.random_range(0..WORDS.len())];
+            if numbered {
+                format!("{w}{}", rng.random_range(0..10_000))
+            } else {
+                w.to_owned()
+            }
+        })
+        .collect();
+    format!("{}.", words.join(" "))
+}
+
+/// A body of 2 to 7 paragraphs (several chunks).
+fn body(rng: &mut ChaCha8Rng) -> String {
+    let n = rng.random_range(2..8);
+    (0..n).map(|_| paragraph(rng, false)).collect::<Vec<_>>().join("\n\n")
+}
+
+/// A body Postgres TOASTs out of line: more than 8 KB of little-compressible text.
+fn large_body(rng: &mut ChaCha8Rng) -> String {
+    let mut b = String::new();
+    while b.len() < 12_000 {
+        if !b.is_empty() {
+            b.push_str("\n\n");
+        }
+        b.push_str(&paragraph(rng, true));
+    }
+    b
+}
+
+fn title(rng: &mut ChaCha8Rng, id: u64) -> String {
+    format!("Article {id}: {}", paragraph(rng, false).split(' ').take(4).collect::<Vec<_>>().join(" "))
+}
+
+fn tags(rng: &mut ChaCha8Rng) -> String {
+    let all = ["rust", "kafka", "postgres", "search", "cdc"];
+    let picked: Vec<String> = all.iter().filter(|_| rng.random_bool(0.4)).map(|t| lit(t)).collect();
+    format!("ARRAY[{}]::text[]", picked.join(","))
+}
+
+fn status(rng: &mut ChaCha8Rng) -> &'static str {
+    ["draft", "published", "archived"][rng.random_range(0..3)]
+}
+
+/// `INSERT` of one row (with `category` when given).
+fn insert(table: &str, id: u64, body: &str, category: Option<&str>, rng: &mut ChaCha8Rng) -> String {
+    let (cols, cat) = match category {
+        Some(c) => (", category", format!(", {}", lit(c))),
+        None => ("", String::new()),
+    };
+    format!(
+        "INSERT INTO {table} (id, title, body, status, priority, tags{cols}) VALUES ({id}, {}, {}, {}, {}, {}{cat});\n",
+        lit(&title(rng, id)),
+        lit(body),
+        lit(status(rng)),
+        rng.random_range(0..5),
+        tags(rng)
+    )
+}
+
+fn create_and_load(t: &Table, rng: &mut ChaCha8Rng) -> String {
+    let name = &t.name;
+    let mut sql = format!(
+        "CREATE TABLE {name} (id bigint PRIMARY KEY, title text NOT NULL, body text NOT NULL, \
+         status text NOT NULL, priority int NOT NULL, tags text[] NOT NULL);\n"
+    );
+    if t.full {
+        sql.push_str(&format!("ALTER TABLE {name} REPLICA IDENTITY FULL;\n"));
+    }
+    sql.push_str("BEGIN;\n");
+    for id in 1..=300 {
+        let b = body(rng);
+        sql.push_str(&insert(name, id, &b, None, rng));
+    }
+    for id in 301..=310 {
+        let b = large_body(rng);
+        sql.push_str(&insert(name, id, &b, None, rng));
+    }
+    sql.push_str("COMMIT;\n");
+    sql
+}
+
+/// Replace the first paragraph of `id`'s body.
+fn edit_first_paragraph(table: &str, id: u64, rng: &mut ChaCha8Rng) -> String {
+    format!(
+        "UPDATE {table} SET body = {} || substr(body, strpos(body, E'\\n\\n')) WHERE id = {id};\n",
+        lit(&paragraph(rng, false))
+    )
+}
+
+fn append_paragraph(table: &str, filter: &str, rng: &mut ChaCha8Rng) -> String {
+    format!("UPDATE {table} SET body = body || E'\\n\\n' || {} WHERE {filter};\n", lit(&paragraph(rng, false)))
+}
+
+fn round_one(t: &str, rng: &mut ChaCha8Rng) -> String {
+    let mut sql = String::new();
+    // Inserts, one transaction each.
+    for id in 311..=360 {
+        let b = body(rng);
+        sql.push_str(&insert(t, id, &b, None, rng));
+    }
+    // Text edits: a paragraph replaced, one appended, the whole body rewritten, the title.
+    for id in 1..=20 {
+        sql.push_str(&edit_first_paragraph(t, id, rng));
+    }
+    for id in 21..=30 {
+        sql.push_str(&append_paragraph(t, &format!("id = {id}"), rng));
+    }
+    for id in 31..=40 {
+        sql.push_str(&format!("UPDATE {t} SET body = {} WHERE id = {id};\n", lit(&body(rng))));
+    }
+    sql.push_str(&format!("UPDATE {t} SET title = title || ' (revised)' WHERE id IN (121, 122);\n"));
+    // Metadata only.
+    sql.push_str(&format!(
+        "UPDATE {t} SET status = 'published', priority = priority + 1 WHERE id BETWEEN 41 AND 60;\n"
+    ));
+    sql.push_str(&format!("UPDATE {t} SET tags = array_append(tags, 'edited') WHERE id BETWEEN 55 AND 80;\n"));
+    // Metadata only, the large body TOASTed and unchanged.
+    sql.push_str(&format!("UPDATE {t} SET status = 'featured' WHERE id BETWEEN 301 AND 305;\n"));
+    sql.push_str(&format!("UPDATE {t} SET priority = 7, tags = ARRAY['long'] WHERE id = 306;\n"));
+    // Deletes.
+    sql.push_str(&format!("DELETE FROM {t} WHERE id BETWEEN 81 AND 100;\n"));
+    sql.push_str(&format!("DELETE FROM {t} WHERE id IN (350, 351, 352, 309);\n"));
+    // One transaction touching many rows (and one row twice, one row born and gone in it).
+    sql.push_str("BEGIN;\n");
+    sql.push_str(&format!("UPDATE {t} SET priority = priority + 10 WHERE id % 7 = 0;\n"));
+    sql.push_str(&append_paragraph(t, "id % 11 = 0 AND id < 300", rng));
+    sql.push_str(&format!("DELETE FROM {t} WHERE id % 13 = 0 AND id < 200;\n"));
+    for id in 361..=380 {
+        let b = body(rng);
+        sql.push_str(&insert(t, id, &b, None, rng));
+    }
+    sql.push_str(&format!("UPDATE {t} SET status = 'a' WHERE id = 5;\n"));
+    sql.push_str(&format!("UPDATE {t} SET status = 'b', body = {} WHERE id = 5;\n", lit(&body(rng))));
+    let b = body(rng);
+    sql.push_str(&insert(t, 999, &b, None, rng));
+    sql.push_str(&format!("DELETE FROM {t} WHERE id = 999;\n"));
+    sql.push_str("COMMIT;\n");
+    // A row deleted and created again with other content.
+    sql.push_str(&format!("DELETE FROM {t} WHERE id = 110;\n"));
+    let b = body(rng);
+    sql.push_str(&insert(t, 110, &b, None, rng));
+    // An update that changes nothing.
+    sql.push_str(&format!("UPDATE {t} SET status = status WHERE id = 120;\n"));
+    sql
+}
+
+fn round_two(t: &str, truncate: bool, rng: &mut ChaCha8Rng) -> String {
+    let mut sql = String::new();
+    if truncate {
+        // Emptied and reloaded in one transaction (ids reused with other content).
+        sql.push_str(&format!("BEGIN;\nTRUNCATE {t};\n"));
+        for id in 1..=150 {
+            let b = body(rng);
+            sql.push_str(&insert(t, id, &b, None, rng));
+        }
+        for id in 301..=310 {
+            let b = large_body(rng);
+            sql.push_str(&insert(t, id, &b, None, rng));
+        }
+        sql.push_str("COMMIT;\n");
+    }
+    // A new column mid-stream, then writes that use it.
+    sql.push_str(&format!("ALTER TABLE {t} ADD COLUMN category text;\n"));
+    sql.push_str(&format!("UPDATE {t} SET category = 'news' WHERE id % 5 = 0;\n"));
+    for id in 400..=420 {
+        let b = body(rng);
+        sql.push_str(&insert(t, id, &b, Some(if id % 2 == 0 { "howto" } else { "opinion" }), rng));
+    }
+    // The TOASTed body unchanged again: metadata (and the new column) only.
+    sql.push_str(&format!("UPDATE {t} SET status = 'archived', category = 'longread' WHERE id IN (301, 302);\n"));
+    // The title edited while the TOASTed body is unchanged: with DEFAULT, Debezium sends the
+    // body as a placeholder and freshet cannot re-chunk (dead-lettered); with FULL it is whole.
+    // The body's next edit sends the whole row again.
+    sql.push_str(&format!("UPDATE {t} SET title = 'Retitled: ' || title WHERE id = 303;\n"));
+    sql.push_str(&format!("UPDATE {t} SET body = body || E'\\n\\nA correction.' WHERE id = 303;\n"));
+    sql.push_str(&format!("DELETE FROM {t} WHERE id = 304;\n"));
+    sql.push_str(&format!("UPDATE {t} SET status = 'final' WHERE id = 310;\n"));
+    // More of everything.
+    for id in 2..=12 {
+        sql.push_str(&edit_first_paragraph(t, id, rng));
+    }
+    sql.push_str(&format!("DELETE FROM {t} WHERE id BETWEEN 13 AND 20;\n"));
+    sql.push_str(&format!("UPDATE {t} SET priority = priority + 100, category = NULL WHERE id BETWEEN 25 AND 45;\n"));
+    sql
+}

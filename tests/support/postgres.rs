@@ -1,0 +1,355 @@
+//! Postgres and Debezium test support: the PostgreSQL server and the Kafka Connect worker of
+//! `scripts/services` (started once per test process if they do not answer; left running) or
+//! the ones `FRESHET_PG_*` / `FRESHET_PG_URL` and `FRESHET_CONNECT_URL` name; SQL through
+//! `scripts/services psql`; a Debezium connector registered from `config/debezium-postgres.json`
+//! (the file users post) with unique names, which knows when everything committed so far has
+//! reached Kafka, and which deletes itself, its replication slot and its publication when
+//! dropped.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{json, Map, Value};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn services_script() -> Command {
+    Command::new(repo().join("scripts/services"))
+}
+
+/// The Postgres and Connect services, as `scripts/services env` resolves their addresses
+/// (the `FRESHET_*` variables of this environment, else the local defaults).
+pub struct Services {
+    /// `FRESHET_*` address variables, resolved.
+    pub env: BTreeMap<String, String>,
+    /// Connect's REST base URL (no trailing slash).
+    pub connect_url: String,
+}
+
+/// Start Postgres and Connect (and with it Kafka) through `scripts/services start` once per
+/// test process; the script leaves running and external services alone.
+pub fn services() -> &'static Services {
+    static SERVICES: OnceLock<Services> = OnceLock::new();
+    SERVICES.get_or_init(|| {
+        let st = services_script().args(["start", "postgres", "connect"]).status().expect("run scripts/services");
+        assert!(st.success(), "scripts/services start postgres connect failed (see .tools/logs/)");
+        let out = services_script().arg("env").output().expect("scripts/services env");
+        assert!(out.status.success(), "scripts/services env: {}", String::from_utf8_lossy(&out.stderr));
+        let env: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), unquote(v)))
+            .collect();
+        let connect_url = env.get("FRESHET_CONNECT_URL").expect("FRESHET_CONNECT_URL").trim_end_matches('/').to_owned();
+        Services { env, connect_url }
+    })
+}
+
+/// Undo bash's `printf %q` for the values it prints (backslash escapes).
+fn unquote(v: &str) -> String {
+    assert!(!v.starts_with("$'"), "cannot read the $'…' quoting of {v} (a control character in an address?)");
+    let mut out = String::new();
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            out.extend(chars.next());
+        } else if c != '\'' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A SQL string literal.
+pub fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl Services {
+    /// Run SQL (any number of statements, each in its own transaction unless the script says
+    /// `BEGIN`) with `psql`, stopping at the first error; returns what it printed (unaligned,
+    /// tuples only).
+    pub fn psql(&self, sql: &str) -> String {
+        let mut child = services_script()
+            .args(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn scripts/services psql");
+        child.stdin.take().expect("stdin").write_all(sql.as_bytes()).expect("write SQL to psql");
+        let out = child.wait_with_output().expect("psql");
+        let excerpt: String = sql.chars().take(400).collect();
+        assert!(out.status.success(), "psql failed: {}\nSQL: {excerpt}…", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("psql output is UTF-8")
+    }
+
+    /// Every row of `table` as JSON objects (`row_to_json`: column name → value), by `id`.
+    pub fn rows(&self, table: &str) -> Vec<Map<String, Value>> {
+        let out = self.psql(&format!("SELECT coalesce(json_agg(t ORDER BY t.id), '[]') FROM {table} t;"));
+        let rows: Vec<Value> = serde_json::from_str(out.trim()).expect("json_agg output");
+        rows.into_iter().map(|r| r.as_object().cloned().expect("a row object")).collect()
+    }
+
+    /// The server's current WAL position (`pg_current_wal_lsn()` as a number).
+    pub fn wal_lsn(&self) -> u64 {
+        self.psql("SELECT (pg_current_wal_lsn() - '0/0')::bigint;").trim().parse().expect("an LSN")
+    }
+
+    fn connect(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.connect_url);
+        block_on(async {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+            let mut req = client.request(method, &url);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = req.send().await.unwrap_or_else(|e| panic!("Connect at {url}: {e}"));
+            let code = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        })
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
+}
+
+/// A Debezium PostgreSQL connector registered for one test: `config/debezium-postgres.json`
+/// with its `${FRESHET_…}` placeholders filled from the environment (as `scripts/services
+/// register-connector` fills them) and the test's overrides. Dropping it deletes the
+/// connector, then its replication slot and publication.
+pub struct Connector {
+    svc: &'static Services,
+    /// The connector's name in Connect.
+    pub name: String,
+    /// Its replication slot.
+    pub slot: String,
+    /// Its publication.
+    pub publication: String,
+    /// A table of its own (in `table.include.list`) that [`Connector::wait_captured`] writes to.
+    marker: String,
+}
+
+impl Connector {
+    /// Register `name` (also the slot and publication name: lower-case letters, digits and
+    /// `_`) capturing `tables` (`schema.table`) under `topic_prefix`, with 4 partitions per
+    /// topic and `overrides` on top of the file; wait until its task runs.
+    pub fn register(
+        svc: &'static Services,
+        name: &str,
+        topic_prefix: &str,
+        tables: &[String],
+        overrides: &[(&str, &str)],
+    ) -> Self {
+        assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{name}");
+        let marker = format!("{name}_marker");
+        svc.psql(&format!(
+            "CREATE TABLE {marker} (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO {marker} VALUES (1, 0);"
+        ));
+        let file = repo().join("config/debezium-postgres.json");
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).expect("config/debezium-postgres.json"))
+            .expect("connector config JSON");
+        let mut config = Map::new();
+        for (k, v) in doc["config"].as_object().expect("a `config` object") {
+            config.insert(k.clone(), v.as_str().map_or(v.clone(), |s| Value::String(svc.substitute(s))));
+        }
+        let include: Vec<String> = tables.iter().cloned().chain([format!("public.{marker}")]).collect();
+        let include = include.join(",");
+        let ours = [
+            ("name", name),
+            ("topic.prefix", topic_prefix),
+            ("table.include.list", include.as_str()),
+            ("slot.name", name),
+            ("publication.name", name),
+            ("topic.creation.default.partitions", "4"),
+        ];
+        for (k, v) in ours.iter().chain(overrides) {
+            config.insert((*k).to_owned(), json!(v));
+        }
+        let connector =
+            Connector { svc, name: name.to_owned(), slot: name.to_owned(), publication: name.to_owned(), marker };
+        let (code, body) =
+            svc.connect(reqwest::Method::PUT, &format!("/connectors/{name}/config"), Some(&Value::Object(config)));
+        assert!(code == 200 || code == 201, "registering connector {name}: HTTP {code}: {body}");
+        connector.wait_running();
+        connector
+    }
+
+    fn wait_running(&self) {
+        let start = Instant::now();
+        loop {
+            let (code, st) = self.svc.connect(reqwest::Method::GET, &format!("/connectors/{}/status", self.name), None);
+            if code == 200 {
+                let tasks = st["tasks"].as_array().cloned().unwrap_or_default();
+                let states: Vec<&str> = std::iter::once(&st["connector"])
+                    .chain(tasks.iter())
+                    .map(|s| s["state"].as_str().unwrap_or(""))
+                    .collect();
+                assert!(!states.contains(&"FAILED"), "connector {} failed: {st}", self.name);
+                if !tasks.is_empty() && states.iter().all(|s| *s == "RUNNING") {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "connector {} not running after 120 s: {st}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The source offset Connect has committed for this connector (Debezium's `lsn`,
+    /// `txId`, and `snapshot` while the snapshot runs), if any.
+    pub fn committed_offset(&self) -> Option<Map<String, Value>> {
+        let (code, body) = self.svc.connect(reqwest::Method::GET, &format!("/connectors/{}/offsets", self.name), None);
+        if code != 200 {
+            return None;
+        }
+        body["offsets"].as_array()?.iter().find_map(|o| o["offset"].as_object().cloned())
+    }
+
+    /// Wait until every change committed in Postgres before this call is in Kafka: write the
+    /// marker table, and wait until Connect has committed a streaming (not snapshot) offset at
+    /// or past the WAL position before that write. Connect commits a source offset only once
+    /// every record before it is acknowledged by the broker, so all earlier changes of every
+    /// captured table are then readable. The write is repeated while the snapshot runs (a
+    /// write the snapshot reads is never streamed). Returns how long it took.
+    pub fn wait_captured(&self) -> Duration {
+        let start = Instant::now();
+        loop {
+            let lsn = self.svc.wal_lsn();
+            self.svc.psql(&format!("UPDATE {} SET n = n + 1 WHERE id = 1;", self.marker));
+            let ping = Instant::now();
+            while ping.elapsed() < Duration::from_secs(5) {
+                if let Some(offset) = self.committed_offset() {
+                    let streaming = !offset.contains_key("snapshot") && !offset.contains_key("last_snapshot_record");
+                    let at = offset.get("lsn").and_then(Value::as_u64).unwrap_or(0);
+                    if streaming && at >= lsn {
+                        return start.elapsed();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "connector {}: changes before WAL position {lsn} not in Kafka after 180 s (committed offset {:?})",
+                self.name,
+                self.committed_offset()
+            );
+        }
+    }
+}
+
+impl Services {
+    /// Replace `${FRESHET_…}` placeholders with the resolved addresses (and
+    /// `FRESHET_DEBEZIUM_SCHEMAS`, default true), as `scripts/services register-connector` does.
+    fn substitute(&self, s: &str) -> String {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find("${") {
+            out.push_str(&rest[..i]);
+            let end = rest[i..].find('}').map(|e| i + e).unwrap_or_else(|| panic!("unclosed placeholder in {s}"));
+            let var = &rest[i + 2..end];
+            let value = match var {
+                "FRESHET_DEBEZIUM_SCHEMAS" => std::env::var(var).unwrap_or_else(|_| "true".into()),
+                _ => self.env.get(var).cloned().unwrap_or_else(|| panic!("{var} is not set (scripts/services env)")),
+            };
+            out.push_str(&value);
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        let (code, body) = self.svc.connect(reqwest::Method::DELETE, &format!("/connectors/{}", self.name), None);
+        if code != 204 && code != 404 {
+            eprintln!("deleting connector {}: HTTP {code}: {body}", self.name);
+        }
+        // The slot can be dropped once the task has stopped streaming from it.
+        let start = Instant::now();
+        loop {
+            let active = self.svc.psql(&format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = {} AND active;",
+                lit(&self.slot)
+            ));
+            if active.trim() == "0" || start.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.svc.psql(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {};
+             DROP PUBLICATION IF EXISTS {};
+             DROP TABLE IF EXISTS {};",
+            lit(&self.slot),
+            self.publication,
+            self.marker
+        ));
+    }
+}
+
+/// One record of a topic: (partition, key, value).
+pub type TopicRecord = (i32, Option<String>, Option<String>);
+
+/// Every record of `topic` (all its partitions, from the beginning to the high watermarks),
+/// in partition order then offset order.
+pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<TopicRecord> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut ends = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Offset(low)).expect("partition");
+        }
+    }
+    let mut by_partition: BTreeMap<i32, Vec<TopicRecord>> = BTreeMap::new();
+    if ends.is_empty() {
+        return Vec::new();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let start = Instant::now();
+    let mut done: BTreeMap<i32, bool> = ends.keys().map(|&p| (p, false)).collect();
+    while done.values().any(|d| !d) {
+        assert!(start.elapsed() < Duration::from_secs(60), "reading {topic}: not at the high watermarks after 60 s");
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let m = m.expect("consume");
+        let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+        by_partition.entry(m.partition()).or_default().push((m.partition(), text(m.key()), text(m.payload())));
+        if m.offset() + 1 >= ends[&m.partition()] {
+            done.insert(m.partition(), true);
+        }
+    }
+    by_partition.into_values().flatten().collect()
+}
+
+/// The number of partitions of `topic`.
+pub fn partitions_of(bootstrap: &str, topic: &str) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("consumer");
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    md.topics().first().map_or(0, |t| t.partitions().len())
+}
