@@ -203,6 +203,7 @@ fn commit_to_searchable_counts_every_applied_change_with_the_input_commit_times(
     let (code, body) = http_get(port, "/status", None).unwrap();
     assert_eq!(code, 200);
     let s: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["ready"], true, "the start is over: {s}");
     assert_eq!(s["commit_to_searchable"]["count"].as_f64().unwrap(), total);
     let p99 = s["commit_to_searchable"]["p99_s"].as_f64().unwrap();
     let p50 = s["commit_to_searchable"]["p50_s"].as_f64().unwrap();
@@ -280,7 +281,14 @@ fn endpoints_want_the_token_and_freshet_status_renders() {
         assert!(start.elapsed() < Duration::from_secs(30), "endpoint never came up");
         std::thread::sleep(Duration::from_millis(100));
     }
-    for path in ["/", "/metrics", "/status", "/api/series"] {
+    // `/ready` answers 503 while the start opens the collection and rebuilds the state, then 200.
+    while http_get(port, "/ready", Some("s3cret-token")).is_none_or(|(c, _)| c != 200) {
+        let (code, body) = http_get(port, "/ready", Some("s3cret-token")).unwrap();
+        assert_eq!(code, 503, "{body}");
+        assert!(start.elapsed() < Duration::from_secs(30), "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for path in ["/", "/metrics", "/status", "/ready", "/api/series"] {
         assert_eq!(http_get(port, path, None).unwrap().0, 401, "{path} without a token");
         assert_eq!(http_get(port, path, Some("wrong-token!")).unwrap().0, 401, "{path} with a wrong token");
         assert_eq!(http_get(port, path, Some("s3cret-token")).unwrap().0, 200, "{path} with the token");

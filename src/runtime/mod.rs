@@ -519,6 +519,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
             }
         }
     };
+    live.set_ready();
     let guards = timely::execute(timely_config, move |worker| {
         let index = worker.index();
         let init = inits.lock().ok().and_then(|mut v| v.get_mut(index).and_then(Option::take)).unwrap_or_default();

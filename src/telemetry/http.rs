@@ -78,6 +78,16 @@ pub async fn serve(addr: SocketAddr, live: Arc<Live>, token: Option<String>) -> 
             }),
         )
         .route(
+            "/ready",
+            get(|State(live): State<Arc<Live>>| async move {
+                if live.is_ready() {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting: opening the collection and rebuilding the state\n")
+                }
+            }),
+        )
+        .route(
             "/api/series",
             get(|State(live): State<Arc<Live>>, uri: Uri| async move {
                 let since = query_param(&uri, "since").and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -91,7 +101,7 @@ pub async fn serve(addr: SocketAddr, live: Arc<Live>, token: Option<String>) -> 
         )
         .with_state(live)
         .layer(middleware::from_fn_with_state(token, require_token))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: try /, /metrics, /status or /api/series\n") });
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: try /, /metrics, /status, /ready or /api/series\n") });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "HTTP endpoint stopped");

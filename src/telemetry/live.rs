@@ -80,7 +80,11 @@ pub struct Status {
     pub now_ms: u64,
     /// Frontier lag (seconds).
     pub lag_s: f64,
-    /// Whether work is pending (the sink frontier is behind the source).
+    /// Whether the start is over: the collection is open, the state rebuilt from it and the
+    /// dataflow reading the source. Until then nothing is read, and `pending` is true (also
+    /// `/ready`: 503 until then, for a readiness probe).
+    pub ready: bool,
+    /// Whether work is pending (starting, or the sink frontier behind the source).
     pub pending: bool,
     /// Each stage's frontier (ms since epoch; None before it has one).
     pub frontiers_ms: BTreeMap<&'static str, Option<u64>>,
@@ -152,6 +156,8 @@ pub struct Live {
     commit_failures_seen: AtomicU64,
     source_error_seen: AtomicBool,
     recovery: Mutex<Option<serde_json::Value>>,
+    /// Whether the start is over (collection open, state rebuilt, the dataflow reading).
+    ready: AtomicBool,
 }
 
 impl std::fmt::Debug for Live {
@@ -187,7 +193,18 @@ impl Live {
             commit_failures_seen: AtomicU64::new(0),
             source_error_seen: AtomicBool::new(false),
             recovery: Mutex::new(None),
+            ready: AtomicBool::new(false),
         })
+    }
+
+    /// The start is over: the dataflow reads the source from now on.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the start is over (see [`Status::ready`]).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 
     /// Record what the start found of a crash (shown in `/status`).
@@ -388,7 +405,8 @@ impl Live {
             uptime_s: self.started.elapsed().as_secs_f64(),
             now_ms: now,
             lag_s: m.frontier_lag_seconds.get(),
-            pending: m.frontier_lag_seconds.get() > 0.0,
+            ready: self.is_ready(),
+            pending: !self.is_ready() || m.frontier_lag_seconds.get() > 0.0,
             frontiers_ms: self.frontiers(),
             backlog: Backlog { records: partitions.iter().map(|p| p.records).sum(), partitions },
             rates,
