@@ -224,11 +224,23 @@ fn main() {
     }
     wait_until_caught_up(port, Duration::from_secs(600));
     let restart_s = started.elapsed().as_secs_f64();
+    let mut changes_iter_skip = 0;
     if idle {
-        // The build of the restored collection first, so that none runs during the load
-        // (the next one would start after 2 s without work).
+        // The collection's build first (one change makes it due, 2 s without work start
+        // it), so that none runs during the load: the next one would need another 2 s
+        // without work, which the load never leaves.
         let t = Instant::now();
-        std::thread::sleep(Duration::from_secs(3));
+        let first = std::io::BufReader::new(std::fs::File::open(&changes_file).unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("\"op\":\"u\""))
+            .unwrap();
+        append(&live, &mut std::iter::once(first), 1, 1);
+        changes_iter_skip = 1;
+        while status(port, 60).is_none_or(|s| s["index_build_running"].as_bool() != Some(true)) {
+            assert!(t.elapsed() < Duration::from_secs(60), "no index build started");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         while status(port, 60).is_some_and(|s| s["index_build_running"].as_bool() == Some(true)) {
             assert!(t.elapsed() < Duration::from_secs(3600), "the index build did not end within an hour");
             std::thread::sleep(Duration::from_millis(500));
@@ -241,6 +253,9 @@ fn main() {
         .filter(|l| l.contains("\"op\":\"u\""))
         .collect();
     let mut changes = changes.into_iter();
+    for _ in 0..changes_iter_skip {
+        changes.next();
+    }
 
     let phase = |name: &str, rate: usize, secs: usize, changes: &mut std::vec::IntoIter<String>| {
         let stop = Arc::new(AtomicBool::new(false));

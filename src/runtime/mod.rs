@@ -417,7 +417,9 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
 
     // Background index building (HNSW), off the write path: after writes, once the pipeline
     // has been idle for a moment, or at the latest every `optimize_interval_s` while busy.
-    let activity = Arc::new(Activity::default());
+    // Busy as of the start: a build starts after 2 s without work, not at the first write
+    // after a start (which would put a build under the load that follows a restart).
+    let activity = Arc::new(Activity { last_busy_ms: now_ms().into(), ..Activity::default() });
     let optimizer_stop = Arc::new(AtomicBool::new(false));
     let optimizer = {
         let sink = Arc::clone(&sink);
