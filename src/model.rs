@@ -112,8 +112,8 @@ pub struct DocChange {
     pub op: ChangeOp,
     /// Where the record came from, without its position (`topic[partition]` on Kafka;
     /// shared by every record of the partition): a dead letter of a later stage names the
-    /// record as `{source}@{position}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// record as `{source}@{position}`. (Always serialised: timely exchanges changes
+    /// between processes in bincode, which has no field names to skip by.)
     pub source: Option<std::sync::Arc<str>>,
 }
 
