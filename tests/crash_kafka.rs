@@ -14,7 +14,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -177,51 +176,6 @@ fn produce_history(bootstrap: &str, topic: &str, partitions: i32, events: &[Ev],
     let after = high_watermarks(bootstrap, topic, partitions);
     assert_eq!(after, next, "the broker holds every produced record");
     out
-}
-
-/// A log line without its terminal colours.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else if e.file_name() != "freshet.lock" {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
-/// On a failure, keeps the test's directory (data, logs of every run) for a post-mortem
-/// when `FRESHET_KEEP_FAILED` names where (`scripts/crash-test` sets it).
-struct KeepOnFailure<'a>(&'a Path, u64);
-
-impl Drop for KeepOnFailure<'_> {
-    fn drop(&mut self) {
-        if let (true, Some(to)) = (std::thread::panicking(), std::env::var_os("FRESHET_KEEP_FAILED")) {
-            let to = Path::new(&to).join(format!("seed-{}", self.1));
-            copy_dir(self.0, &to);
-            eprintln!("kept the failed run's directory in {}", to.display());
-        }
-    }
 }
 
 type Points = Vec<(String, Value)>;

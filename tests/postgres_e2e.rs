@@ -23,26 +23,17 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use freshet::config::DataflowSpec;
-use freshet::dataflow::chunk::Chunker;
-use freshet::embed::hash::HashEmbedder;
-use freshet::model::{collection_namespace, point_id, str_hash, ContentHash, DocId};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use support::kafka::{kafka_config, Broker};
-use support::postgres::{lit, partitions_of, read_topic, services, Connector, Services, TopicRecord};
+use support::postgres::*;
 use support::{export, run_until_end};
-
-/// Metadata columns carried into every point (`category` is added mid-stream).
-const METADATA: [&str; 5] = ["title", "status", "priority", "tags", "category"];
-const MODEL_ID: &str = "freshet/hash-16";
-const DIMENSION: usize = 16;
-const PLACEHOLDER: &str = "__debezium_unavailable_value";
 
 /// One captured table and the pipelines indexing it.
 struct Table {
@@ -80,7 +71,7 @@ fn the_collection_equals_select_from_postgres_with_1_and_2_workers() {
         .map(|(kind, full)| {
             let name = format!("{base}_{kind}");
             let topic = format!("{topic_prefix}.public.{name}");
-            let dataflow = write_dataflow(&root, &name, &topic);
+            let dataflow = pg_dataflow(&root, &name, &topic, "");
             let spec = DataflowSpec::load(&dataflow).expect("dataflow");
             let runs = [1, 2]
                 .into_iter()
@@ -206,205 +197,7 @@ fn check_round(svc: &Services, t: &Table, dead: &[u64], round: &str) {
     }
 }
 
-fn write_dataflow(dir: &Path, table: &str, topic: &str) -> PathBuf {
-    let path = dir.join(format!("{table}.dataflow.toml"));
-    let metadata = METADATA.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", ");
-    std::fs::write(
-        &path,
-        format!(
-            r#"name = "{table}"
-[source]
-kind = "kafka"
-topics = ["{topic}"]
-table = "public.{table}"
-[document]
-id = ["id"]
-version = "source.lsn"
-text = "{{title}}\n\n{{body}}"
-metadata = [{metadata}]
-[chunker]
-max_chars = 200
-[embedder]
-kind = "hash"
-dimension = {DIMENSION}
-max_wait_ms = 5
-[sink]
-collection = "{table}"
-"#
-        ),
-    )
-    .unwrap();
-    path
-}
-
-// ---- the oracle ----------------------------------------------------------------------------
-
-/// The points a collection of `rows` must hold, by point id: each row's `title` and `body`
-/// rendered as the dataflow's template says, chunked by freshet's chunker; the payload the
-/// row's columns and the chunk (`source_version`, the LSN of the row's last write, is not in
-/// the table: [`differences`] checks it apart).
-fn expected_points(spec: &DataflowSpec, rows: &[Map<String, Value>]) -> BTreeMap<String, (Value, Vec<f32>)> {
-    let chunker = Chunker::new(&spec.chunker);
-    let ns = collection_namespace(&spec.sink.collection);
-    let embedder = HashEmbedder::new(DIMENSION);
-    let mut points = BTreeMap::new();
-    for row in rows {
-        let id = row["id"].as_i64().expect("bigint id");
-        let title = row["title"].as_str().expect("title");
-        let body = row["body"].as_str().expect("body");
-        let doc_id = DocId(id.to_string());
-        for (i, chunk) in chunker.chunks(&format!("{title}\n\n{body}")).iter().enumerate() {
-            let hash = ContentHash::of(chunk);
-            let mut p = Map::new();
-            // A NULL column (or one not added yet) is no payload key: the collection keeps
-            // no null payload values.
-            for m in METADATA {
-                if let Some(v) = row.get(m).filter(|v| !v.is_null()) {
-                    p.insert(m.into(), v.clone());
-                }
-            }
-            p.insert("doc_id".into(), json!(doc_id.0));
-            p.insert("chunk_index".into(), json!(i));
-            p.insert("content_hash".into(), json!(hash.to_hex()));
-            p.insert("model_id".into(), json!(MODEL_ID));
-            p.insert("text".into(), json!(chunk));
-            p.insert(
-                "text_field_hashes".into(),
-                json!([format!("{:016x}", str_hash(title)), format!("{:016x}", str_hash(body))]),
-            );
-            let pid = point_id(&ns, &doc_id, i as u32).to_string();
-            points.insert(pid, (Value::Object(p), embedder.vector_for(&hash)));
-        }
-    }
-    points
-}
-
-/// How an export (`freshet export --with-vectors`) differs from the expected points: points
-/// missing or extra, payloads or vectors that differ, a document whose chunks disagree on
-/// `source_version`.
-fn differences(export: &str, expected: &BTreeMap<String, (Value, Vec<f32>)>) -> Vec<String> {
-    let mut diffs = Vec::new();
-    let mut seen = BTreeSet::new();
-    let mut versions: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-    for line in export.lines() {
-        let got: Value = serde_json::from_str(line).expect("export line");
-        let id = got["id"].as_str().expect("point id").to_owned();
-        let mut payload = got["payload"].as_object().cloned().expect("payload");
-        let doc = payload.get("doc_id").cloned().unwrap_or(Value::Null);
-        match payload.remove("source_version").and_then(|v| v.as_u64()) {
-            Some(v) if v > 0 => {
-                versions.entry(doc.to_string()).or_default().insert(v);
-            }
-            other => diffs.push(format!("point {id} (doc {doc}): source_version {other:?}")),
-        }
-        let Some((want, vector)) = expected.get(&id) else {
-            diffs.push(format!(
-                "extra point {id}: doc {doc} chunk {:?} {:?}",
-                payload.get("chunk_index"),
-                payload.get("text")
-            ));
-            continue;
-        };
-        seen.insert(id.clone());
-        if Value::Object(payload.clone()) != *want {
-            let want = want.as_object().unwrap();
-            let keys: BTreeSet<&String> = payload.keys().chain(want.keys()).collect();
-            let differ: Vec<String> = keys
-                .into_iter()
-                .filter(|k| payload.get(*k) != want.get(*k))
-                .map(|k| format!("{k}: got {:?}, want {:?}", payload.get(k), want.get(k)))
-                .collect();
-            diffs.push(format!("point {id} (doc {doc} chunk {}): {}", want["chunk_index"], differ.join("; ")));
-        }
-        let got_vec: Vec<f64> =
-            got["vector"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
-        if got_vec.len() != vector.len() || got_vec.iter().zip(vector).any(|(a, b)| (a - f64::from(*b)).abs() > 1e-5) {
-            diffs.push(format!("point {id} (doc {doc}): vector differs"));
-        }
-    }
-    for (id, (want, _)) in expected {
-        if !seen.contains(id) {
-            diffs.push(format!("missing point {id}: doc {} chunk {}", want["doc_id"], want["chunk_index"]));
-        }
-    }
-    for (doc, v) in versions {
-        if v.len() > 1 {
-            diffs.push(format!("doc {doc}: chunks at source versions {v:?}"));
-        }
-    }
-    diffs
-}
-
 // ---- the workload --------------------------------------------------------------------------
-
-const WORDS: &[&str] = &[
-    "river", "delta", "index", "lantern", "harbor", "orbit", "garden", "engine", "signal", "copper", "meadow",
-    "glacier", "ledger", "violet", "thunder", "pepper", "marble", "falcon", "cedar", "quartz", "naïve", "café",
-    "Zürich", "O'Brien", "über", "ñandú",
-];
-
-fn paragraph(rng: &mut ChaCha8Rng, numbered: bool) -> String {
-    let n = rng.random_range(8..45);
-    let words: Vec<String> = (0..n)
-        .map(|_| {
-            let w = WORDS[rng.random_range(0..WORDS.len())];
-            if numbered {
-                format!("{w}{}", rng.random_range(0..10_000))
-            } else {
-                w.to_owned()
-            }
-        })
-        .collect();
-    format!("{}.", words.join(" "))
-}
-
-/// A body of 2 to 7 paragraphs (several chunks).
-fn body(rng: &mut ChaCha8Rng) -> String {
-    let n = rng.random_range(2..8);
-    (0..n).map(|_| paragraph(rng, false)).collect::<Vec<_>>().join("\n\n")
-}
-
-/// A body Postgres TOASTs out of line: more than 8 KB of little-compressible text.
-fn large_body(rng: &mut ChaCha8Rng) -> String {
-    let mut b = String::new();
-    while b.len() < 12_000 {
-        if !b.is_empty() {
-            b.push_str("\n\n");
-        }
-        b.push_str(&paragraph(rng, true));
-    }
-    b
-}
-
-fn title(rng: &mut ChaCha8Rng, id: u64) -> String {
-    format!("Article {id}: {}", paragraph(rng, false).split(' ').take(4).collect::<Vec<_>>().join(" "))
-}
-
-fn tags(rng: &mut ChaCha8Rng) -> String {
-    let all = ["rust", "kafka", "postgres", "search", "cdc"];
-    let picked: Vec<String> = all.iter().filter(|_| rng.random_bool(0.4)).map(|t| lit(t)).collect();
-    format!("ARRAY[{}]::text[]", picked.join(","))
-}
-
-fn status(rng: &mut ChaCha8Rng) -> &'static str {
-    ["draft", "published", "archived"][rng.random_range(0..3)]
-}
-
-/// `INSERT` of one row (with `category` when given).
-fn insert(table: &str, id: u64, body: &str, category: Option<&str>, rng: &mut ChaCha8Rng) -> String {
-    let (cols, cat) = match category {
-        Some(c) => (", category", format!(", {}", lit(c))),
-        None => ("", String::new()),
-    };
-    format!(
-        "INSERT INTO {table} (id, title, body, status, priority, tags{cols}) VALUES ({id}, {}, {}, {}, {}, {}{cat});\n",
-        lit(&title(rng, id)),
-        lit(body),
-        lit(status(rng)),
-        rng.random_range(0..5),
-        tags(rng)
-    )
-}
 
 fn create_and_load(t: &Table, rng: &mut ChaCha8Rng) -> String {
     let name = &t.name;

@@ -139,8 +139,9 @@ pub struct EmbedderSpec {
     /// For `local-minilm`: directory with model.safetensors, tokenizer.json, config.json.
     #[serde(default)]
     pub model_dir: Option<PathBuf>,
-    /// For `hash`: append the number of texts of every embedding call to this file (tests
-    /// count embedding spend across crashes with it).
+    /// For `hash`: append a line for every embedding call to this file — the number of
+    /// texts, then their content hashes (hex), space-separated (tests count embedding spend,
+    /// and texts embedded twice, across crashes with it).
     #[serde(default)]
     pub call_log: Option<PathBuf>,
     /// For `hash`: vector dimension.

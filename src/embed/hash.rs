@@ -87,7 +87,8 @@ impl Embedder for HashEmbedder {
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         if let Some(path) = &self.call_log {
             use std::io::Write as _;
-            let line = format!("{}\n", texts.len());
+            let hashes: Vec<String> = texts.iter().map(|t| ContentHash::of(t).to_hex()).collect();
+            let line = format!("{} {}\n", texts.len(), hashes.join(" "));
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

@@ -485,3 +485,48 @@ pub fn metric_sum(text: &str, name_with_brace: &str) -> f64 {
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A log line without its terminal colours.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else if e.file_name() != "freshet.lock" {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// On a failure, keeps the test's directory (data, logs of every run) for a post-mortem
+/// when `FRESHET_KEEP_FAILED` names where (`scripts/crash-test` sets it).
+pub struct KeepOnFailure<'a>(pub &'a Path, pub u64);
+
+impl Drop for KeepOnFailure<'_> {
+    fn drop(&mut self) {
+        if let (true, Some(to)) = (std::thread::panicking(), std::env::var_os("FRESHET_KEEP_FAILED")) {
+            let to = Path::new(&to).join(format!("seed-{}", self.1));
+            copy_dir(self.0, &to);
+            eprintln!("kept the failed run's directory in {}", to.display());
+        }
+    }
+}

@@ -4,15 +4,23 @@
 //! `scripts/services psql`; a Debezium connector registered from `config/debezium-postgres.json`
 //! (the file users post) with unique names, which knows when everything committed so far has
 //! reached Kafka, and which deletes itself, its replication slot and its publication when
-//! dropped.
+//! dropped. For tables of articles: the dataflow that indexes one, the oracle (the points a
+//! collection must hold for the rows `SELECT` returns, and how an export differs from them)
+//! and a generator of rows and paragraphs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use freshet::config::DataflowSpec;
+use freshet::dataflow::chunk::Chunker;
+use freshet::embed::hash::HashEmbedder;
+use freshet::model::{collection_namespace, point_id, str_hash, ContentHash, DocId};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -187,7 +195,9 @@ impl Connector {
         connector
     }
 
-    fn wait_running(&self) {
+    /// Wait until the connector and its task run (after a registration, or after Connect
+    /// restarted); fails if either is `FAILED`.
+    pub fn wait_running(&self) {
         let start = Instant::now();
         loop {
             let (code, st) = self.svc.connect(reqwest::Method::GET, &format!("/connectors/{}/status", self.name), None);
@@ -310,6 +320,11 @@ pub type TopicRecord = (i32, Option<String>, Option<String>);
 /// Every record of `topic` (all its partitions, from the beginning to the high watermarks),
 /// in partition order then offset order.
 pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<TopicRecord> {
+    read_topic_with_offsets(bootstrap, topic).into_iter().map(|(p, _, k, v)| (p, k, v)).collect()
+}
+
+/// [`read_topic`] with each record's offset: (partition, offset, key, value).
+pub fn read_topic_with_offsets(bootstrap: &str, topic: &str) -> Vec<(i32, i64, Option<String>, Option<String>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("{topic}-reader"))
@@ -327,7 +342,7 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<TopicRecord> {
             tpl.add_partition_offset(topic, p, Offset::Offset(low)).expect("partition");
         }
     }
-    let mut by_partition: BTreeMap<i32, Vec<TopicRecord>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, Vec<(i32, i64, Option<String>, Option<String>)>> = BTreeMap::new();
     if ends.is_empty() {
         return Vec::new();
     }
@@ -339,7 +354,12 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<TopicRecord> {
         let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
         let m = m.expect("consume");
         let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
-        by_partition.entry(m.partition()).or_default().push((m.partition(), text(m.key()), text(m.payload())));
+        by_partition.entry(m.partition()).or_default().push((
+            m.partition(),
+            m.offset(),
+            text(m.key()),
+            text(m.payload()),
+        ));
         if m.offset() + 1 >= ends[&m.partition()] {
             done.insert(m.partition(), true);
         }
@@ -352,4 +372,219 @@ pub fn partitions_of(bootstrap: &str, topic: &str) -> usize {
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("consumer");
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
     md.topics().first().map_or(0, |t| t.partitions().len())
+}
+
+// ---- tables of articles: the dataflow, the oracle, the workload -----------------------------
+//
+// Tables of `(id bigint PRIMARY KEY, title text, body text, status text, priority int,
+// tags text[])` (and, once added, `category text`), indexed by [`pg_dataflow`].
+
+/// Metadata columns carried into every point (`category` is added mid-stream by some tests).
+pub const METADATA: [&str; 5] = ["title", "status", "priority", "tags", "category"];
+pub const MODEL_ID: &str = "freshet/hash-16";
+pub const DIMENSION: usize = 16;
+pub const PLACEHOLDER: &str = "__debezium_unavailable_value";
+
+/// The dataflow of a captured table `public.{table}` read from `topic`: `title` and `body`
+/// as the text, the [`METADATA`] columns, the LSN as the version, the hash embedder (with
+/// `embedder_extra` lines, e.g. a `call_log`).
+pub fn pg_dataflow(dir: &Path, table: &str, topic: &str, embedder_extra: &str) -> PathBuf {
+    let path = dir.join(format!("{table}.dataflow.toml"));
+    let metadata = METADATA.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", ");
+    std::fs::write(
+        &path,
+        format!(
+            r#"name = "{table}"
+[source]
+kind = "kafka"
+topics = ["{topic}"]
+table = "public.{table}"
+[document]
+id = ["id"]
+version = "source.lsn"
+text = "{{title}}\n\n{{body}}"
+metadata = [{metadata}]
+[chunker]
+max_chars = 200
+[embedder]
+kind = "hash"
+dimension = {DIMENSION}
+max_wait_ms = 5
+{embedder_extra}
+[sink]
+collection = "{table}"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+// ---- the oracle ----------------------------------------------------------------------------
+
+/// The points a collection of `rows` must hold, by point id: each row's `title` and `body`
+/// rendered as the dataflow's template says, chunked by freshet's chunker; the payload the
+/// row's columns and the chunk (`source_version`, the LSN of the row's last write, is not in
+/// the table: [`differences`] checks it apart).
+pub fn expected_points(spec: &DataflowSpec, rows: &[Map<String, Value>]) -> BTreeMap<String, (Value, Vec<f32>)> {
+    let chunker = Chunker::new(&spec.chunker);
+    let ns = collection_namespace(&spec.sink.collection);
+    let embedder = HashEmbedder::new(DIMENSION);
+    let mut points = BTreeMap::new();
+    for row in rows {
+        let id = row["id"].as_i64().expect("bigint id");
+        let title = row["title"].as_str().expect("title");
+        let body = row["body"].as_str().expect("body");
+        let doc_id = DocId(id.to_string());
+        for (i, chunk) in chunker.chunks(&format!("{title}\n\n{body}")).iter().enumerate() {
+            let hash = ContentHash::of(chunk);
+            let mut p = Map::new();
+            // A NULL column (or one not added yet) is no payload key: the collection keeps
+            // no null payload values.
+            for m in METADATA {
+                if let Some(v) = row.get(m).filter(|v| !v.is_null()) {
+                    p.insert(m.into(), v.clone());
+                }
+            }
+            p.insert("doc_id".into(), json!(doc_id.0));
+            p.insert("chunk_index".into(), json!(i));
+            p.insert("content_hash".into(), json!(hash.to_hex()));
+            p.insert("model_id".into(), json!(MODEL_ID));
+            p.insert("text".into(), json!(chunk));
+            p.insert(
+                "text_field_hashes".into(),
+                json!([format!("{:016x}", str_hash(title)), format!("{:016x}", str_hash(body))]),
+            );
+            let pid = point_id(&ns, &doc_id, i as u32).to_string();
+            points.insert(pid, (Value::Object(p), embedder.vector_for(&hash)));
+        }
+    }
+    points
+}
+
+/// How an export (`freshet export --with-vectors`) differs from the expected points: points
+/// missing or extra, payloads or vectors that differ, a document whose chunks disagree on
+/// `source_version`.
+pub fn differences(export: &str, expected: &BTreeMap<String, (Value, Vec<f32>)>) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut versions: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for line in export.lines() {
+        let got: Value = serde_json::from_str(line).expect("export line");
+        let id = got["id"].as_str().expect("point id").to_owned();
+        let mut payload = got["payload"].as_object().cloned().expect("payload");
+        let doc = payload.get("doc_id").cloned().unwrap_or(Value::Null);
+        match payload.remove("source_version").and_then(|v| v.as_u64()) {
+            Some(v) if v > 0 => {
+                versions.entry(doc.to_string()).or_default().insert(v);
+            }
+            other => diffs.push(format!("point {id} (doc {doc}): source_version {other:?}")),
+        }
+        let Some((want, vector)) = expected.get(&id) else {
+            diffs.push(format!(
+                "extra point {id}: doc {doc} chunk {:?} {:?}",
+                payload.get("chunk_index"),
+                payload.get("text")
+            ));
+            continue;
+        };
+        seen.insert(id.clone());
+        if Value::Object(payload.clone()) != *want {
+            let want = want.as_object().unwrap();
+            let keys: BTreeSet<&String> = payload.keys().chain(want.keys()).collect();
+            let differ: Vec<String> = keys
+                .into_iter()
+                .filter(|k| payload.get(*k) != want.get(*k))
+                .map(|k| format!("{k}: got {:?}, want {:?}", payload.get(k), want.get(k)))
+                .collect();
+            diffs.push(format!("point {id} (doc {doc} chunk {}): {}", want["chunk_index"], differ.join("; ")));
+        }
+        let got_vec: Vec<f64> =
+            got["vector"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+        if got_vec.len() != vector.len() || got_vec.iter().zip(vector).any(|(a, b)| (a - f64::from(*b)).abs() > 1e-5) {
+            diffs.push(format!("point {id} (doc {doc}): vector differs"));
+        }
+    }
+    for (id, (want, _)) in expected {
+        if !seen.contains(id) {
+            diffs.push(format!("missing point {id}: doc {} chunk {}", want["doc_id"], want["chunk_index"]));
+        }
+    }
+    for (doc, v) in versions {
+        if v.len() > 1 {
+            diffs.push(format!("doc {doc}: chunks at source versions {v:?}"));
+        }
+    }
+    diffs
+}
+
+// ---- the workload --------------------------------------------------------------------------
+
+pub const WORDS: &[&str] = &[
+    "river", "delta", "index", "lantern", "harbor", "orbit", "garden", "engine", "signal", "copper", "meadow",
+    "glacier", "ledger", "violet", "thunder", "pepper", "marble", "falcon", "cedar", "quartz", "naïve", "café",
+    "Zürich", "O'Brien", "über", "ñandú",
+];
+
+pub fn paragraph(rng: &mut ChaCha8Rng, numbered: bool) -> String {
+    let n = rng.random_range(8..45);
+    let words: Vec<String> = (0..n)
+        .map(|_| {
+            let w = WORDS[rng.random_range(0..WORDS.len())];
+            if numbered {
+                format!("{w}{}", rng.random_range(0..10_000))
+            } else {
+                w.to_owned()
+            }
+        })
+        .collect();
+    format!("{}.", words.join(" "))
+}
+
+/// A body of 2 to 7 paragraphs (several chunks).
+pub fn body(rng: &mut ChaCha8Rng) -> String {
+    let n = rng.random_range(2..8);
+    (0..n).map(|_| paragraph(rng, false)).collect::<Vec<_>>().join("\n\n")
+}
+
+/// A body Postgres TOASTs out of line: more than 8 KB of little-compressible text.
+pub fn large_body(rng: &mut ChaCha8Rng) -> String {
+    let mut b = String::new();
+    while b.len() < 12_000 {
+        if !b.is_empty() {
+            b.push_str("\n\n");
+        }
+        b.push_str(&paragraph(rng, true));
+    }
+    b
+}
+
+pub fn title(rng: &mut ChaCha8Rng, id: u64) -> String {
+    format!("Article {id}: {}", paragraph(rng, false).split(' ').take(4).collect::<Vec<_>>().join(" "))
+}
+
+pub fn tags(rng: &mut ChaCha8Rng) -> String {
+    let all = ["rust", "kafka", "postgres", "search", "cdc"];
+    let picked: Vec<String> = all.iter().filter(|_| rng.random_bool(0.4)).map(|t| lit(t)).collect();
+    format!("ARRAY[{}]::text[]", picked.join(","))
+}
+
+pub fn status(rng: &mut ChaCha8Rng) -> &'static str {
+    ["draft", "published", "archived"][rng.random_range(0..3)]
+}
+
+/// `INSERT` of one row (with `category` when given).
+pub fn insert(table: &str, id: u64, body: &str, category: Option<&str>, rng: &mut ChaCha8Rng) -> String {
+    let (cols, cat) = match category {
+        Some(c) => (", category", format!(", {}", lit(c))),
+        None => ("", String::new()),
+    };
+    format!(
+        "INSERT INTO {table} (id, title, body, status, priority, tags{cols}) VALUES ({id}, {}, {}, {}, {}, {}{cat});\n",
+        lit(&title(rng, id)),
+        lit(body),
+        lit(status(rng)),
+        rng.random_range(0..5),
+        tags(rng)
+    )
 }
