@@ -330,6 +330,64 @@ fn restart_after_a_committed_noop_keeps_older_events_superseded() {
     assert_export_matches(&export(&dataflow, &config, true), &expected.export);
 }
 
+/// A topic that does not exist yet (Debezium creates a table's topic with its first record;
+/// a stack starts in any order): `freshet run` waits for it, saying so, and indexes it once it
+/// appears; `--until-end` fails at once.
+#[test]
+fn a_missing_topic_is_waited_for_when_following_and_an_error_to_the_end() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = &broker.topic("later");
+    let group = &broker.group("freshet-later");
+    let dataflow = kafka_dataflow(dir.path(), topic, None);
+    let config = kafka_config(dir.path(), "later", 2, &broker.bootstrap, group, "");
+    let out = freshet()
+        .args(["run", "--until-end", "--dataflow"])
+        .arg(&dataflow)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "--until-end on a missing topic: {stderr}");
+    assert!(stderr.contains(topic.as_str()) && stderr.contains("does the topic exist?"), "{stderr}");
+
+    let log = dir.path().join("run.log");
+    let mut child = freshet()
+        .args(["run", "--dataflow"])
+        .arg(&dataflow)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = std::time::Instant::now();
+    while !read().contains("waiting for the topic to exist") {
+        assert!(child.try_wait().unwrap().is_none(), "freshet run exited: {}", read());
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "no word of the missing topic: {}", read());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(child.try_wait().unwrap().is_none(), "freshet run gave up on the missing topic: {}", read());
+    create_topic(&broker.bootstrap, topic, 2);
+    let history = random_history(21, 20, 200, false);
+    produce(&broker.bootstrap, topic, 2, &history);
+    let end = high_watermarks(&broker.bootstrap, topic, 2);
+    while committed(&broker.bootstrap, group, topic, 2) != end {
+        assert!(child.try_wait().unwrap().is_none(), "freshet run exited: {}", read());
+        assert!(start.elapsed() < std::time::Duration::from_secs(120), "not indexed after 120 s: {}", read());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success(), "{}", read());
+    assert!(read().contains("the topic exists now"), "{}", read());
+    let expected = oracle(&spec_of(&dataflow), &history, "freshet/hash-16", 16);
+    assert_export_matches(&export(&dataflow, &config, true), &expected.export);
+}
+
 /// `replay --from-timestamp` starts every partition at its first record at or after the time
 /// (the broker's offsets-for-times): a replay from between two halves of a history reads
 /// exactly the second half and, into the live collection, embeds and changes nothing; a time

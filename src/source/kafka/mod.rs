@@ -142,6 +142,67 @@ fn request(what: impl Into<String>, redactor: &Redactor) -> impl FnOnce(KafkaErr
     move |e| KafkaSourceError::Request { what, message: redactor.redact(&e.to_string()) }
 }
 
+/// How often a missing topic is reported while freshet waits for it.
+const TOPIC_WAIT_REPORT: Duration = Duration::from_secs(30);
+
+/// The partitions of `topic`, sorted. A topic that does not exist yet is waited for when
+/// following (Debezium creates a table's topic with its first record, and a stack starts
+/// its services in any order), with a warning every 30 s; reading to the end, it is an
+/// error (there is no end to read to).
+fn partitions_of(
+    consumer: &BaseConsumer<FreshetContext>,
+    topic: &str,
+    timeout: Duration,
+    to_end: bool,
+    redactor: &Redactor,
+) -> Result<Vec<i32>, KafkaSourceError> {
+    use rdkafka::types::RDKafkaErrorCode;
+    let waiting = std::time::Instant::now();
+    let mut reported: Option<std::time::Instant> = None;
+    loop {
+        let md = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(request(format!("metadata of topic `{topic}`"), redactor))?;
+        let missing = match md.topics().iter().find(|t| t.name() == topic) {
+            None => "not in the metadata".to_owned(),
+            Some(t) => match t.error().map(RDKafkaErrorCode::from) {
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::LeaderNotAvailable) => {
+                    format!("{}", RDKafkaErrorCode::UnknownTopicOrPartition)
+                }
+                Some(code) => {
+                    return Err(KafkaSourceError::Topic { topic: topic.to_owned(), message: code.to_string() })
+                }
+                None if t.partitions().is_empty() => "has no partitions".to_owned(),
+                None => {
+                    let mut partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+                    partitions.sort_unstable();
+                    if reported.is_some() {
+                        tracing::info!(topic, waited_s = waiting.elapsed().as_secs(), "the topic exists now");
+                    }
+                    return Ok(partitions);
+                }
+            },
+        };
+        if to_end {
+            return Err(KafkaSourceError::Topic {
+                topic: topic.to_owned(),
+                message: format!("{missing} (does the topic exist?)"),
+            });
+        }
+        if reported.is_none_or(|r| r.elapsed() >= TOPIC_WAIT_REPORT) {
+            tracing::warn!(
+                topic,
+                waited_s = waiting.elapsed().as_secs(),
+                reason = %missing,
+                "waiting for the topic to exist (Debezium creates a table's topic with its first record); \
+                 freshet starts reading when it does"
+            );
+            reported = Some(std::time::Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Ask the brokers for the topics' partitions and where each starts (blocking; before the
 /// dataflow runs). `to_end`: stop each partition at its current high watermark.
 pub fn plan(
@@ -157,23 +218,7 @@ pub fn plan(
     let timeout = Duration::from_millis(cfg.request_timeout_ms);
     let mut plans = Vec::new();
     for topic in topics {
-        let md = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(request(format!("metadata of topic `{topic}`"), &redactor))?;
-        let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-            return Err(KafkaSourceError::Topic { topic: topic.clone(), message: "not in the metadata".into() });
-        };
-        if let Some(e) = t.error() {
-            return Err(KafkaSourceError::Topic {
-                topic: topic.clone(),
-                message: format!("{} (does the topic exist?)", rdkafka::types::RDKafkaErrorCode::from(e)),
-            });
-        }
-        let mut partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-        partitions.sort_unstable();
-        if partitions.is_empty() {
-            return Err(KafkaSourceError::Topic { topic: topic.clone(), message: "has no partitions".into() });
-        }
+        let partitions = partitions_of(&consumer, topic, timeout, to_end, &redactor)?;
         let mut tpl = TopicPartitionList::new();
         for &p in &partitions {
             tpl.add_partition(topic, p);
