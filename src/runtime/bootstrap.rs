@@ -86,10 +86,11 @@ struct Partial {
 /// may mix two versions. Each point is whole (the sink's writes are atomic per point; the
 /// embedded engine's WAL is replayed after a crash), so the points stay — deleting them
 /// would lose what the re-read change cannot always restore (an unchanged-TOAST body) —
-/// but their documents go back to just before the newest version among their points —
-/// with unknown metadata when the points disagree on their version (part of the write
-/// landed) — so the change read again (its offsets were not acknowledged) is applied
-/// against what the collection holds and rewrites what it must.
+/// but their documents go back to just before the newest version among their points — or,
+/// when the points disagree on their version (part of the write landed), to the oldest
+/// version among them, with unknown metadata — so the changes read again (their offsets
+/// were not acknowledged) are applied against what the collection holds and rewrite what
+/// they must.
 pub fn rebuild(
     sink: &dyn VectorSink,
     shape: &DocShape,
@@ -191,11 +192,20 @@ pub fn rebuild(
         // (issue 13, a 20-kill run): such a document kept the chunk hashes of both versions,
         // so the change read again found its chunks unchanged and its metadata equal — a
         // no-op — and the points of the older version stayed behind committed offsets.
+        //
+        // A mixed document goes back to the version of its oldest points: the version it
+        // had before the torn write (a document's points share one version after every
+        // whole write), so every change the write carried applies again, in order, as it
+        // did the first time. Regression (issue 13, seed 101): back to just below the newest
+        // version, an edit that shrank the text and a later metadata change with an
+        // unchanged-TOAST body, written together and torn before the deletes, left the old
+        // text's last chunks for good: the edit read again was superseded, and the metadata
+        // change has no text to chunk.
         let seen = tombstones.seen.get(&doc_id).copied().unwrap_or(0);
         let dirty = dirty.contains(&doc_id);
         let mixed = version != p.newest;
         let (version, payload_version) = match (dirty, mixed) {
-            (_, true) => (p.newest.saturating_sub(1).max(seen), 0),
+            (_, true) => (version.max(seen), 0),
             (true, false) => (p.newest.saturating_sub(1).max(seen), version),
             (false, false) => (version.max(seen), version),
         };
@@ -238,8 +248,9 @@ mod tests {
     /// deleted, and a re-read change that cannot restore them (an unchanged-TOAST body)
     /// left the document without points; and the document restarted from version 0, so a
     /// stale event read again (superseded the first time) was applied. The points stay;
-    /// the document goes back to just before the write's version (with unknown metadata
-    /// if part of the write landed), so the re-read change applies and rewrites what it must.
+    /// the document goes back to just before the write's version, or, if part of the write
+    /// landed, to the version before the write (its oldest points') with unknown metadata,
+    /// so the re-read changes apply and rewrite what they must.
     #[test]
     fn points_of_an_interrupted_write_stay_and_their_document_is_reapplied() {
         let spec =
@@ -279,13 +290,13 @@ mod tests {
         let boot = rebuild(&sink, &shape, "m", &ns, &Tombstones::default(), &suspects, 1).unwrap();
         assert!(boot.orphans.is_empty(), "{:?}", boot.orphans);
         let a = &boot.workers[0].docs[&DocId("a".into())];
-        assert_eq!((a.version, a.payload_version, a.chunks.len()), (19, 0, 2), "just before the write's version");
+        assert_eq!((a.version, a.payload_version, a.chunks.len()), (10, 0, 2), "the version before the torn write");
         assert!(a.meta.is_empty(), "metadata unknown: the re-read change rewrites every payload");
         let c = &boot.workers[0].docs[&DocId("c".into())];
         assert_eq!((c.version, c.payload_version), (29, 30), "its change applies again; a no-op writes nothing");
         assert!(!c.meta.is_empty());
         let d = &boot.workers[0].docs[&DocId("d".into())];
-        assert_eq!((d.version, d.payload_version), (19, 0), "a torn write the log forgot is one all the same");
+        assert_eq!((d.version, d.payload_version), (10, 0), "a torn write the log forgot is one all the same");
         assert!(d.meta.is_empty(), "metadata unknown: the change read again rewrites every payload");
         let b = &boot.workers[0].docs[&DocId("b".into())];
         assert_eq!((b.version, b.payload_version, b.chunks.len()), (10, 10, 2));

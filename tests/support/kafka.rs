@@ -250,14 +250,25 @@ pub fn high_watermarks(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMa
     (0..partitions).map(|p| (p, c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1)).collect()
 }
 
-/// The group's committed offset per partition (-1: none).
+/// The group's committed offset per partition (-1: none). Retried for a minute: right after
+/// a broker restart the group coordinator is still loading (`NotCoordinator`).
 pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
     let c = consumer(bootstrap, group);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    let started = std::time::Instant::now();
+    let got = loop {
+        match c.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(got) => break got,
+            Err(e) if started.elapsed() < Duration::from_secs(60) => {
+                eprintln!("committed offsets of {group}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("committed offsets of {group}: {e}"),
+        }
+    };
     (0..partitions)
         .map(|p| {
             let o = match got.find_partition(topic, p).map(|e| e.offset()) {

@@ -323,8 +323,11 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<TopicRecord> {
     read_topic_with_offsets(bootstrap, topic).into_iter().map(|(p, _, k, v)| (p, k, v)).collect()
 }
 
-/// [`read_topic`] with each record's offset: (partition, offset, key, value).
-pub fn read_topic_with_offsets(bootstrap: &str, topic: &str) -> Vec<(i32, i64, Option<String>, Option<String>)> {
+/// One record of a topic with its offset: (partition, offset, key, value).
+pub type OffsetRecord = (i32, i64, Option<String>, Option<String>);
+
+/// [`read_topic`] with each record's offset.
+pub fn read_topic_with_offsets(bootstrap: &str, topic: &str) -> Vec<OffsetRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("{topic}-reader"))
@@ -342,7 +345,7 @@ pub fn read_topic_with_offsets(bootstrap: &str, topic: &str) -> Vec<(i32, i64, O
             tpl.add_partition_offset(topic, p, Offset::Offset(low)).expect("partition");
         }
     }
-    let mut by_partition: BTreeMap<i32, Vec<(i32, i64, Option<String>, Option<String>)>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, Vec<OffsetRecord>> = BTreeMap::new();
     if ends.is_empty() {
         return Vec::new();
     }

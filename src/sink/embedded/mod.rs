@@ -607,6 +607,10 @@ impl EmbeddedSink {
                     if ids.is_empty() {
                         continue;
                     }
+                    if fault_abort_before_delete() {
+                        tracing::error!("fault injection: aborting before a delete, the operations before it applied");
+                        std::process::abort();
+                    }
                     self.update(UpdateOperation::PointOperation(PointOperations::DeletePoints {
                         ids: ids.into_iter().map(PointId::Uuid).collect(),
                     }))?;
@@ -625,6 +629,13 @@ impl EmbeddedSink {
 /// process (as a kill would) after the WAL replay has re-applied `N` operations.
 fn fault_abort_after_replayed_ops() -> Option<usize> {
     std::env::var("FRESHET_FAULT_ABORT_AFTER_REPLAYED_OPS").ok()?.parse().ok()
+}
+
+/// Fault injection for crash tests: `FRESHET_FAULT_ABORT_BEFORE_DELETE=1` aborts the process
+/// (as a kill would) when a write reaches a delete, after the operations before it in the same
+/// write (the upserts, the payload updates) reached the engine: a write torn between them.
+fn fault_abort_before_delete() -> bool {
+    std::env::var_os("FRESHET_FAULT_ABORT_BEFORE_DELETE").is_some_and(|v| v == "1")
 }
 
 fn payload_of(m: &Metadata) -> qdrant_edge::Payload {
