@@ -65,9 +65,14 @@ pub struct Bootstrap {
     pub mixed_documents: usize,
 }
 
+/// The content hash a rebuilt state holds for a chunk whose earlier content is unknown: no
+/// text hashes to it, so the next change of text rewrites the chunk.
+const UNKNOWN_CHUNK: ContentHash = ContentHash([0; 32]);
+
 #[derive(Default)]
 struct Partial {
-    chunks: BTreeMap<u32, (ContentHash, Uuid)>,
+    /// Chunk index → (content hash, point id, the point's version).
+    chunks: BTreeMap<u32, (ContentHash, Uuid, u64)>,
     version: Option<u64>,
     /// The newest version among the points.
     newest: u64,
@@ -75,6 +80,10 @@ struct Partial {
     text_fields: Option<Vec<u64>>,
     /// The version of the point `text_fields` comes from.
     text_fields_version: u64,
+    /// The text field hashes of a point at the oldest version (a mixed document goes back
+    /// to that version, and to its text), and that version.
+    oldest_text_fields: Option<Vec<u64>>,
+    oldest_text_fields_version: u64,
 }
 
 /// Rebuild state for `peers` workers from the points of a collection whose point ids are
@@ -134,7 +143,7 @@ pub fn rebuild(
                 dirty.insert(doc_id.clone());
             }
             let e = docs.entry(doc_id).or_default();
-            e.chunks.insert(idx, (hash, p.id));
+            e.chunks.insert(idx, (hash, p.id, version));
             // Points of one document disagree only after a torn write: keep the oldest
             // version so that replaying the newer change repairs them.
             e.version = Some(e.version.map_or(version, |v| v.min(version)));
@@ -153,6 +162,10 @@ pub fn rebuild(
                 e.text_fields = parse_field_hashes(pl.get(keys::TEXT_FIELD_HASHES));
                 e.text_fields_version = version;
             }
+            if e.oldest_text_fields.is_none() || version < e.oldest_text_fields_version {
+                e.oldest_text_fields = parse_field_hashes(pl.get(keys::TEXT_FIELD_HASHES));
+                e.oldest_text_fields_version = version;
+            }
         }
     })?;
     let mut workers: Vec<InitialState> = (0..peers.max(1)).map(|_| InitialState::default()).collect();
@@ -166,13 +179,17 @@ pub fn rebuild(
         let version = p.version.unwrap_or(0);
         if tombstones.docs.get(&doc_id).is_some_and(|t| *t > version) {
             // Deleted after these points were written (the delete's ack was lost).
-            orphans.extend(p.chunks.values().map(|(_, id)| (*id, OrphanReason::DeletedDocument)));
+            orphans.extend(p.chunks.values().map(|(_, id, _)| (*id, OrphanReason::DeletedDocument)));
             continue;
         }
+        let mixed = version != p.newest;
         let mut chunks = Vec::with_capacity(p.chunks.len());
-        for (i, (idx, (hash, id))) in p.chunks.into_iter().enumerate() {
+        for (i, (idx, (hash, id, at))) in p.chunks.into_iter().enumerate() {
             if idx as usize == i && chunks.len() == i {
-                chunks.push(hash);
+                // In a mixed document, a point newer than the oldest ones was written by the
+                // torn write: what the document held there before is unknown, so any text
+                // read again rewrites it (its vector is found by hash, not embedded again).
+                chunks.push(if mixed && at > version { UNKNOWN_CHUNK } else { hash });
             } else {
                 orphans.push((id, OrphanReason::ChunkGap));
             }
@@ -200,10 +217,12 @@ pub fn rebuild(
         // version, an edit that shrank the text and a later metadata change with an
         // unchanged-TOAST body, written together and torn before the deletes, left the old
         // text's last chunks for good: the edit read again was superseded, and the metadata
-        // change has no text to chunk.
+        // change has no text to chunk. Its text field hashes are the oldest points' too: a
+        // re-applied change with an unchanged-TOAST body resolves to the text before the torn
+        // write, so the edit after it, read again, is a change of text and not a no-op
+        // (regression: `tests/torn_writes.rs`, a status flip and an edit written together).
         let seen = tombstones.seen.get(&doc_id).copied().unwrap_or(0);
         let dirty = dirty.contains(&doc_id);
-        let mixed = version != p.newest;
         let (version, payload_version) = match (dirty, mixed) {
             (_, true) => (version.max(seen), 0),
             (true, false) => (p.newest.saturating_sub(1).max(seen), version),
@@ -214,7 +233,7 @@ pub fn rebuild(
             payload_version,
             live: true,
             chunks,
-            text_fields: p.text_fields,
+            text_fields: if mixed { p.oldest_text_fields } else { p.text_fields },
             meta: if mixed { Vec::new() } else { p.meta.unwrap_or_default() },
         };
         live_docs += 1;
@@ -291,6 +310,8 @@ mod tests {
         assert!(boot.orphans.is_empty(), "{:?}", boot.orphans);
         let a = &boot.workers[0].docs[&DocId("a".into())];
         assert_eq!((a.version, a.payload_version, a.chunks.len()), (10, 0, 2), "the version before the torn write");
+        assert_eq!(a.chunks[1], UNKNOWN_CHUNK, "the torn write's point: what it held before is unknown");
+        assert_ne!(a.chunks[0], UNKNOWN_CHUNK);
         assert!(a.meta.is_empty(), "metadata unknown: the re-read change rewrites every payload");
         let c = &boot.workers[0].docs[&DocId("c".into())];
         assert_eq!((c.version, c.payload_version), (29, 30), "its change applies again; a no-op writes nothing");

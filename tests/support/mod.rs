@@ -524,7 +524,14 @@ pub struct KeepOnFailure<'a>(pub &'a Path, pub u64);
 impl Drop for KeepOnFailure<'_> {
     fn drop(&mut self) {
         if let (true, Some(to)) = (std::thread::panicking(), std::env::var_os("FRESHET_KEEP_FAILED")) {
-            let to = Path::new(&to).join(format!("seed-{}", self.1));
+            // A directory of its own even when an earlier failure of the seed was kept.
+            let mut to = Path::new(&to).join(format!("seed-{}", self.1));
+            for n in 2.. {
+                if !to.exists() {
+                    break;
+                }
+                to = to.with_file_name(format!("seed-{}-{n}", self.1));
+            }
             copy_dir(self.0, &to);
             eprintln!("kept the failed run's directory in {}", to.display());
         }

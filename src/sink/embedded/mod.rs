@@ -596,6 +596,7 @@ impl EmbeddedSink {
                     if ids.is_empty() {
                         continue;
                     }
+                    fault_abort_before("set_payload");
                     self.update(UpdateOperation::PayloadOperation(PayloadOps::SetPayload(SetPayloadOp {
                         payload: payload_of(&payload),
                         points: Some(ids.into_iter().map(PointId::Uuid).collect()),
@@ -607,10 +608,7 @@ impl EmbeddedSink {
                     if ids.is_empty() {
                         continue;
                     }
-                    if fault_abort_before_delete() {
-                        tracing::error!("fault injection: aborting before a delete, the operations before it applied");
-                        std::process::abort();
-                    }
+                    fault_abort_before("delete");
                     self.update(UpdateOperation::PointOperation(PointOperations::DeletePoints {
                         ids: ids.into_iter().map(PointId::Uuid).collect(),
                     }))?;
@@ -631,11 +629,15 @@ fn fault_abort_after_replayed_ops() -> Option<usize> {
     std::env::var("FRESHET_FAULT_ABORT_AFTER_REPLAYED_OPS").ok()?.parse().ok()
 }
 
-/// Fault injection for crash tests: `FRESHET_FAULT_ABORT_BEFORE_DELETE=1` aborts the process
-/// (as a kill would) when a write reaches a delete, after the operations before it in the same
-/// write (the upserts, the payload updates) reached the engine: a write torn between them.
-fn fault_abort_before_delete() -> bool {
-    std::env::var_os("FRESHET_FAULT_ABORT_BEFORE_DELETE").is_some_and(|v| v == "1")
+/// Fault injection for crash tests: `FRESHET_FAULT_ABORT_BEFORE=delete` (or `set_payload`)
+/// aborts the process (as a kill would) when a write reaches its first delete (payload
+/// update), after the operations before it in the same write reached the engine: a write
+/// torn between its operations.
+fn fault_abort_before(op: &str) {
+    if std::env::var("FRESHET_FAULT_ABORT_BEFORE").is_ok_and(|v| v == op) {
+        tracing::error!(op, "fault injection: aborting before this operation, the ones before it applied");
+        std::process::abort();
+    }
 }
 
 fn payload_of(m: &Metadata) -> qdrant_edge::Payload {
