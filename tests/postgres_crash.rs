@@ -133,6 +133,20 @@ fn kill_9_and_service_restarts_with_the_real_stack_end_equal_to_select() {
                 std::thread::sleep(Duration::from_millis(20));
             }
             recovery_time = started.elapsed();
+            // The run makes progress before it dies: the kill comes at a random moment
+            // after its first commit (or once it has caught up). A recovery replays every
+            // write since the last clean close, so later restarts take longer.
+            let sum = |c: &BTreeMap<i32, i64>| c.values().map(|o| (*o).max(0)).sum::<i64>();
+            let before = sum(&committed(&broker.bootstrap, &group, &topic, PARTITIONS));
+            loop {
+                let now = committed(&broker.bootstrap, &group, &topic, PARTITIONS);
+                if sum(&now) > before || now == high_watermarks(&broker.bootstrap, &topic, PARTITIONS) {
+                    break;
+                }
+                assert!(child.try_wait().unwrap().is_none(), "freshet run exited: {}", read(&log));
+                assert!(started.elapsed() < Duration::from_secs(900), "no commit within 15 minutes of a start");
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let until = Instant::now() + Duration::from_millis(rng.random_range(0..odd_span.as_millis() as u64));
             if restarts && (round == broker_round || round == connect_round) {
                 let service = if round == broker_round { "kafka" } else { "connect" };
