@@ -266,16 +266,7 @@ fn kill_9_during_a_large_snapshot_loses_no_update() {
     let mut recovery_time = Duration::from_secs(2);
     for round in 0..kills {
         let log = dir.path().join(format!("run-{round}.log"));
-        let mut child = freshet()
-            .args(["run", "--dataflow"])
-            .arg(&dataflow)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info,qdrant_edge=error")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_run_logged(&dataflow, &config, &log);
         let started = Instant::now();
         if round % 2 == 0 {
             std::thread::sleep(Duration::from_millis(rng.random_range(50..recovery_time.as_millis().max(60) as u64)));

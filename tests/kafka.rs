@@ -353,16 +353,7 @@ fn a_missing_topic_is_waited_for_when_following_and_an_error_to_the_end() {
     assert!(stderr.contains(topic.as_str()) && stderr.contains("does the topic exist?"), "{stderr}");
 
     let log = dir.path().join("run.log");
-    let mut child = freshet()
-        .args(["run", "--dataflow"])
-        .arg(&dataflow)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run_logged(&dataflow, &config, &log);
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     let start = std::time::Instant::now();
     while !read().contains("waiting for the topic to exist") {

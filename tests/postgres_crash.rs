@@ -40,7 +40,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};
 use support::kafka::{committed, high_watermarks, kafka_config, Broker};
 use support::postgres::*;
-use support::{copy_dir, export, freshet, run_until_end, strip_ansi, KeepOnFailure};
+use support::{copy_dir, export, run_until_end, spawn_run_logged, strip_ansi, KeepOnFailure};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -113,16 +113,7 @@ fn kill_9_and_service_restarts_with_the_real_stack_end_equal_to_select() {
     for round in 0..kills {
         let log = crash_dir.join(format!("run-{round}.log"));
         let calls_before = lines(&crash_calls);
-        let mut child = freshet()
-            .args(["run", "--dataflow"])
-            .arg(&dataflow)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info,qdrant_edge=error")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_run_logged(&dataflow, &config, &log);
         let started = Instant::now();
         if round % 2 == 0 {
             std::thread::sleep(Duration::from_millis(rng.random_range(50..recovery_time.as_millis().max(60) as u64)));

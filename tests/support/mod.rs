@@ -384,6 +384,21 @@ pub fn spawn_run(dataflow: &Path, config: &Path, capture_stdout: bool) -> std::p
         .expect("spawn freshet run")
 }
 
+/// Start `freshet run` (following its input) with its log, at `info` (qdrant-edge's at
+/// `error`), written to `log`.
+pub fn spawn_run_logged(dataflow: &Path, config: &Path, log: &Path) -> std::process::Child {
+    freshet()
+        .args(["run", "--dataflow"])
+        .arg(dataflow)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info,qdrant_edge=error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("create the log file"))
+        .spawn()
+        .expect("spawn freshet run")
+}
+
 /// Run `freshet run --until-end` and return the summary JSON (last stdout line).
 pub fn run_until_end(dataflow: &Path, config: &Path, extra: &[&str]) -> Value {
     let out = freshet()
