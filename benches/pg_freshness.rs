@@ -16,7 +16,8 @@
 //!
 //! `cargo bench --profile dev --bench pg_freshness -- [--rows N] [--steady-rate R]
 //! [--steady-s S] [--burst-rate R] [--burst-s S] [--embedder hash|local] [--workers W]
-//! [--debezium-poll-ms MS]` (the connector's `poll.interval.ms`, Debezium's default 500).
+//! [--debezium-poll-ms MS]` (the connector's `poll.interval.ms`: 50 in
+//! `config/debezium-postgres.json`, Debezium's own default 500).
 //! Services: `scripts/services` (started if they do not answer) or the `FRESHET_*` addresses.
 //! Without `--bench` (as `cargo test --all-targets` runs it) a smoke-sized run checks that
 //! it works.
@@ -244,7 +245,8 @@ fn main() {
     let burst_s = arg("--burst-s", if smoke { 3 } else { 120 });
     let workers = arg("--workers", 2);
     let embedder = arg_str("--embedder", "hash");
-    // Debezium's `poll.interval.ms` (its default: 500), set on the connector when given.
+    // Debezium's `poll.interval.ms` on the connector, when given (else the config file's 50;
+    // Debezium's own default is 500).
     let poll_ms = arg_str("--debezium-poll-ms", "");
     if embedder == "local" {
         let st = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/setup-model")).status().unwrap();
@@ -295,7 +297,7 @@ fn main() {
     println!(
         "snapshot indexed by freshet ({embedder} embedder, {workers} workers) in {snapshot_drain:.1?}; Debezium \
          poll.interval.ms {}; freshet's log: {}",
-        if poll_ms.is_empty() { "500 (default)" } else { poll_ms.as_str() },
+        if poll_ms.is_empty() { "50 (config/debezium-postgres.json)" } else { poll_ms.as_str() },
         log_path.display()
     );
     // The snapshot's records stay out of the first phase's percentile window.

@@ -685,6 +685,7 @@ fn report_recovery(live: &Live, sink: crate::sink::SinkRecovery, torn_points: us
         "wal_operations_replayed": sink.wal_operations_replayed,
         "interrupted_replays": sink.interrupted_replays,
         "duplicate_points_repaired": sink.duplicate_points_repaired,
+        "uncovered_pages_removed": sink.uncovered_pages_removed,
         "torn_write_points": torn_points,
         "torn_documents": boot.torn_documents,
         "mixed_documents": boot.mixed_documents,

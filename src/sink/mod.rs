@@ -151,6 +151,9 @@ pub struct SinkRecovery {
     pub interrupted_replays: usize,
     /// Points stored twice (a crash during an index build), rewritten once.
     pub duplicate_points_repaired: usize,
+    /// Storage pages a crash left uncovered by their segment's bitmask, removed so that the
+    /// segment loads (nothing was written to them; the WAL replay restores the rest).
+    pub uncovered_pages_removed: usize,
 }
 
 /// How a collection is created (from the dataflow's `[sink]` and the embedder).

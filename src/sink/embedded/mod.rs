@@ -194,9 +194,11 @@ impl EmbeddedSink {
         if exists && clean {
             Self::prune_wal(&path);
         }
+        let mut uncovered_pages_removed = 0;
         let (shard, dimension) = match (exists, create) {
             (true, _) => {
-                let shard = EdgeShard::load(&path, None).map_err(transient)?;
+                let (shard, removed) = Self::load_shard(&path)?;
+                uncovered_pages_removed = removed;
                 let existing = shard.config().vectors.values().next().map(|v| v.size);
                 match (existing, dimension) {
                     (Some(have), None) => (shard, have),
@@ -239,6 +241,7 @@ impl EmbeddedSink {
                 wal_operations_replayed,
                 interrupted_replays,
                 duplicate_points_repaired,
+                uncovered_pages_removed,
             };
         }
         if !exists {
@@ -247,6 +250,43 @@ impl EmbeddedSink {
         }
         sink.wal_next.store(sink.wal_end()?, std::sync::atomic::Ordering::Relaxed);
         Ok(sink)
+    }
+
+    /// Load the engine's shard, repairing what a kill can leave in qdrant-edge 0.7.1's
+    /// gridstore (payload storage): it creates a page file before it extends the bitmask
+    /// that covers it, and a kill in between leaves a page no bitmask covers, which the
+    /// segment refuses to load ("Inconsistent number of gridstore pages … expected 1, but
+    /// found 2"). Nothing was written to such a page (values go into a page after it is
+    /// covered, and neither the bitmask nor the tracker pointing into it were flushed since,
+    /// or the page would be covered): it is removed and the load tried again. The WAL
+    /// replay that follows an unclean close restores whatever the segments lack.
+    /// Regression (issue 13, seed 102 of `scripts/crash-test`: the collection could not be
+    /// opened after a kill).
+    fn load_shard(path: &Path) -> Result<(EdgeShard, usize), SinkError> {
+        let mut removed = 0;
+        loop {
+            let error = match EdgeShard::load(path, None) {
+                Ok(shard) => return Ok((shard, removed)),
+                Err(e) => e,
+            };
+            let message = error.to_string();
+            let Some((dir, expected, found)) = uncovered_pages(&message) else { return Err(transient(error)) };
+            if found <= expected || !dir.starts_with(path) || removed >= 1024 {
+                return Err(transient(error));
+            }
+            for n in expected..found {
+                let page = dir.join(format!("page_{n}.dat"));
+                tracing::warn!(
+                    page = %page.display(),
+                    "removing a storage page a crash left uncovered by its segment's bitmask (nothing was written to it)"
+                );
+                match std::fs::remove_file(&page) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(transient(error)),
+                    Err(e) => return Err(transient(e)),
+                }
+            }
+        }
     }
 
     /// The last checkpoint (0 for a collection from before checkpoints: its whole WAL).
@@ -621,6 +661,16 @@ impl EmbeddedSink {
     fn filter_from(conditions: serde_json::Value) -> Result<Filter, SinkError> {
         serde_json::from_value(conditions).map_err(|e| SinkError::Permanent(format!("bad filter: {e}")))
     }
+}
+
+/// The directory and the page counts of qdrant-edge's "Inconsistent number of gridstore pages
+/// at \"DIR\": expected N, but found M" load error.
+fn uncovered_pages(message: &str) -> Option<(PathBuf, u32, u32)> {
+    let rest = message.split("Inconsistent number of gridstore pages at \"").nth(1)?;
+    let (dir, rest) = rest.split_once("\": expected ")?;
+    let (expected, rest) = rest.split_once(", but found ")?;
+    let found: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((PathBuf::from(dir), expected.parse().ok()?, found.parse().ok()?))
 }
 
 /// Fault injection for crash tests: `FRESHET_FAULT_ABORT_AFTER_REPLAYED_OPS=N` aborts the
