@@ -4,12 +4,15 @@
 //! building in the background does not disturb concurrent writes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::Arc;
 
 use freshet::model::{ContentHash, Metadata};
 use freshet::sink::embedded::EmbeddedSink;
 use freshet::sink::{SinkOp, SinkPoint, VectorSink};
 use serde_json::json;
+use support::copy_dir;
 use uuid::Uuid;
 
 fn payload(doc: &str, hash: &ContentHash, status: &str) -> Metadata {
@@ -130,19 +133,6 @@ fn background_optimisation_does_not_disturb_writes() {
     assert_eq!(scroll_all(sink.as_ref(), false).len(), n - deleted);
     let hits = sink.search(vector(5, 8), 1, &[]).unwrap();
     assert_eq!(hits.len(), 1);
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// What a kill in the middle of an index build leaves: a segment on disk twice (qdrant-edge
