@@ -6,8 +6,8 @@
 //! as metadata and the hash embedder's vector, nothing for a deleted or truncated row.
 //!
 //! Two tables, one with `REPLICA IDENTITY DEFAULT` (Debezium sends an unchanged TOASTed
-//! `body` as `__debezium_unavailable_value`) and one with `FULL` (the before image fills it
-//! in); an initial load read by the snapshot, then inserts, edits of the text, of metadata
+//! `body` as `__debezium_unavailable_value`), captured with the JsonConverter's schemas, and
+//! one with `FULL` (the before image fills it in), captured without them; an initial load read by the snapshot, then inserts, edits of the text, of metadata
 //! only, of metadata of rows whose large body is TOASTed, deletes, a transaction touching
 //! many rows, a delete and re-insert, a row created and deleted in one transaction, an update
 //! that changes nothing; then a `TRUNCATE` (and reload, in one transaction),
@@ -92,15 +92,24 @@ fn the_collection_equals_select_from_postgres_with_1_and_2_workers() {
         svc.psql(&create_and_load(t, &mut rng.clone()));
     }
     rng = ChaCha8Rng::seed_from_u64(17);
-    let names: Vec<String> = tables.iter().map(|t| format!("public.{}", t.name)).collect();
     let t1 = Instant::now();
-    let connector = Connector::register(svc, &base, &topic_prefix, &names, &[]);
+    // One connector per table: the DEFAULT table's with the JsonConverter's schemas
+    // (`{"schema":…,"payload":…}`), the FULL table's without (the bare envelope).
+    let connectors: Vec<Connector> = tables
+        .iter()
+        .map(|t| {
+            let schemas = if t.full { "false" } else { "true" };
+            let table = [format!("public.{}", t.name)];
+            Connector::register(svc, &t.name, &topic_prefix, &table, &[("value.converter.schemas.enable", schemas)])
+        })
+        .collect();
+    let wait_captured = || connectors.iter().map(Connector::wait_captured).max().unwrap_or_default();
 
     // Round 1: streaming changes of every kind but the schema change and the truncate.
     for t in &tables {
         svc.psql(&round_one(&t.name, &mut rng.clone()));
     }
-    let waited = connector.wait_captured();
+    let waited = wait_captured();
     eprintln!(
         "snapshot and round 1 captured in {:.1} s (registration {:.1} s)",
         t1.elapsed().as_secs_f64(),
@@ -116,7 +125,7 @@ fn the_collection_equals_select_from_postgres_with_1_and_2_workers() {
     for t in &tables {
         svc.psql(&round_two(&t.name, !t.full, &mut rng.clone()));
     }
-    connector.wait_captured();
+    wait_captured();
     // The check can fail: the collection as round 1 left it is not what Postgres holds now.
     for t in &tables {
         let (_, config) = &t.runs[0];
@@ -156,7 +165,10 @@ fn the_collection_equals_select_from_postgres_with_1_and_2_workers() {
         let used: BTreeSet<i32> = recs.iter().map(|(p, _, _)| *p).collect();
         assert!(used.len() >= 3, "records spread over the 4 partitions: {used:?}");
     }
-    drop(connector);
+    let enveloped = |recs: &[TopicRecord]| with(recs, "\"schema\":{") ;
+    assert_eq!(enveloped(&dflt), dflt.iter().filter(|(_, _, v)| v.is_some()).count(), "DEFAULT: every value with its schema");
+    assert_eq!(enveloped(&full), 0, "FULL: values without the schema envelope");
+    drop(connectors);
     for t in &tables {
         svc.psql(&format!("DROP TABLE {};", t.name));
     }
