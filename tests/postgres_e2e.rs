@@ -165,8 +165,12 @@ fn the_collection_equals_select_from_postgres_with_1_and_2_workers() {
         let used: BTreeSet<i32> = recs.iter().map(|(p, _, _)| *p).collect();
         assert!(used.len() >= 3, "records spread over the 4 partitions: {used:?}");
     }
-    let enveloped = |recs: &[TopicRecord]| with(recs, "\"schema\":{") ;
-    assert_eq!(enveloped(&dflt), dflt.iter().filter(|(_, _, v)| v.is_some()).count(), "DEFAULT: every value with its schema");
+    let enveloped = |recs: &[TopicRecord]| with(recs, "\"schema\":{");
+    assert_eq!(
+        enveloped(&dflt),
+        dflt.iter().filter(|(_, _, v)| v.is_some()).count(),
+        "DEFAULT: every value with its schema"
+    );
     assert_eq!(enveloped(&full), 0, "FULL: values without the schema envelope");
     drop(connectors);
     for t in &tables {

@@ -408,6 +408,13 @@ impl TextTemplate {
                     loop {
                         match chars.next() {
                             Some('}') => break,
+                            // `{a{b}` would name the field `a{b`, which `{{a{b}` cannot
+                            // write back (found by fuzzing): refuse it, it is a typo.
+                            Some('{') => {
+                                return Err(format!(
+                                    "`{{` inside the field reference `{{{name}` in text template {s:?} (a literal brace is written `{{{{`)"
+                                ))
+                            }
                             Some(c) => name.push(c),
                             None => return Err(format!("unclosed `{{` in text template {s:?}")),
                         }
@@ -552,6 +559,16 @@ mod tests {
         assert_eq!(t.parts.last(), Some(&TemplatePart::Literal(" {x}".into())));
         assert!(TextTemplate::parse("{title").is_err());
         assert!(TextTemplate::parse("no fields").is_err());
+    }
+
+    /// Found by fuzzing (`fuzz/corpus/config`): `{a{b}` parsed as the field `a{b`, which
+    /// no template text writes back.
+    #[test]
+    fn a_brace_inside_a_field_reference_is_refused() {
+        let err = TextTemplate::parse("{title{body}").expect_err("a `{` inside a field reference");
+        assert!(err.contains("inside the field reference `{title`"), "{err}");
+        assert!(TextTemplate::parse("{\n\n{{x{body}").is_err());
+        assert_eq!(TextTemplate::parse("{{{body}}}").expect("escaped braces").fields(), vec!["body".to_string()]);
     }
 
     #[test]
