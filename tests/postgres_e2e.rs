@@ -65,12 +65,14 @@ fn the_collection_equals_select_from_postgres_with_1_and_2_workers() {
     };
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
     let base = format!("e2e_{}_{}", std::process::id(), ms % 1_000_000_000);
-    let topic_prefix = broker.topic("pg");
+    // One `topic.prefix` per connector: Debezium names its metrics after it, and a second
+    // connector with the same prefix waits a minute for the first one's name to be free.
+    let topic_prefix = |kind: &str| broker.topic(&format!("pg_{kind}"));
     let tables: Vec<Table> = [("dflt", false), ("full", true)]
         .into_iter()
         .map(|(kind, full)| {
             let name = format!("{base}_{kind}");
-            let topic = format!("{topic_prefix}.public.{name}");
+            let topic = format!("{}.public.{name}", topic_prefix(kind));
             let dataflow = pg_dataflow(&root, &name, &topic, "");
             let spec = DataflowSpec::load(&dataflow).expect("dataflow");
             let runs = [1, 2]
@@ -100,7 +102,8 @@ fn the_collection_equals_select_from_postgres_with_1_and_2_workers() {
         .map(|t| {
             let schemas = if t.full { "false" } else { "true" };
             let table = [format!("public.{}", t.name)];
-            Connector::register(svc, &t.name, &topic_prefix, &table, &[("value.converter.schemas.enable", schemas)])
+            let prefix = t.topic.split_once(".public.").map(|(p, _)| p).expect("a Debezium topic name");
+            Connector::register(svc, &t.name, prefix, &table, &[("value.converter.schemas.enable", schemas)])
         })
         .collect();
     let wait_captured = || connectors.iter().map(Connector::wait_captured).max().unwrap_or_default();
