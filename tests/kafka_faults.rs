@@ -78,7 +78,7 @@ fn broker_outage_and_request_errors_lose_nothing_and_lag_returns_to_zero() {
 
     // The oracle reads the topic: a produce retried after an injected error may land after
     // records sent later (each document's events still come in the order the topic holds).
-    let in_topic = read_back(&bootstrap, topic, 4, &history);
+    let in_topic = read_back(&bootstrap, topic, &history);
     assert_eq!(in_topic.len(), history.len(), "every event is in the topic once");
     let per_doc = |evs: &[Ev]| {
         let mut m: std::collections::BTreeMap<Option<u64>, Vec<String>> = Default::default();

@@ -40,6 +40,8 @@ struct Table {
     name: String,
     /// `REPLICA IDENTITY FULL` (else DEFAULT).
     full: bool,
+    /// The connector's `topic.prefix`; the table's topic is `<prefix>.public.<name>`.
+    prefix: String,
     topic: String,
     dataflow: PathBuf,
     spec: DataflowSpec,
@@ -72,7 +74,8 @@ fn the_collection_equals_select_from_postgres_with_1_and_2_workers() {
         .into_iter()
         .map(|(kind, full)| {
             let name = format!("{base}_{kind}");
-            let topic = format!("{}.public.{name}", topic_prefix(kind));
+            let prefix = topic_prefix(kind);
+            let topic = format!("{prefix}.public.{name}");
             let dataflow = pg_dataflow(&root, &name, &topic, "");
             let spec = DataflowSpec::load(&dataflow).expect("dataflow");
             let runs = [1, 2]
@@ -84,7 +87,7 @@ fn the_collection_equals_select_from_postgres_with_1_and_2_workers() {
                     (workers, kafka_config(&run_dir, "config", workers, &broker.bootstrap, &group, ""))
                 })
                 .collect();
-            Table { name, full, topic, dataflow, spec, runs }
+            Table { name, full, prefix, topic, dataflow, spec, runs }
         })
         .collect();
 
@@ -102,8 +105,7 @@ fn the_collection_equals_select_from_postgres_with_1_and_2_workers() {
         .map(|t| {
             let schemas = if t.full { "false" } else { "true" };
             let table = [format!("public.{}", t.name)];
-            let prefix = t.topic.split_once(".public.").map(|(p, _)| p).expect("a Debezium topic name");
-            Connector::register(svc, &t.name, prefix, &table, &[("value.converter.schemas.enable", schemas)])
+            Connector::register(svc, &t.name, &t.prefix, &table, &[("value.converter.schemas.enable", schemas)])
         })
         .collect();
     let wait_captured = || connectors.iter().map(Connector::wait_captured).max().unwrap_or_default();

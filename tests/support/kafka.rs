@@ -248,39 +248,19 @@ fn consumer(bootstrap: &str, group: &str) -> BaseConsumer {
 /// mapped back to `history` by key and value (a record that is not one of them fails).
 /// Under injected produce errors the topic, not the order the events were sent in, is what
 /// the source says: the oracle reads this.
-pub fn read_back(bootstrap: &str, topic: &str, partitions: i32, history: &[Ev]) -> Vec<Ev> {
+pub fn read_back(bootstrap: &str, topic: &str, history: &[Ev]) -> Vec<Ev> {
     let by_record: std::collections::HashMap<(Option<u64>, Option<String>), &Ev> =
         history.iter().map(|e| ((doc_of(e), (!matches!(e, Ev::Tombstone)).then(|| e.to_json())), e)).collect();
-    let hw = high_watermarks(bootstrap, topic, partitions);
-    let c = consumer(bootstrap, "freshet-test-read-back");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
-    }
-    c.assign(&tpl).expect("assign");
-    let mut by_partition: BTreeMap<i32, Vec<(i64, Ev)>> = BTreeMap::new();
-    let total: i64 = hw.values().sum();
-    let (mut read, start) = (0i64, Instant::now());
-    while read < total {
-        assert!(start.elapsed() < Duration::from_secs(60), "read back {read} of {total} records in 60 s");
-        let Some(m) = c.poll(Duration::from_millis(200)) else { continue };
-        let m = m.expect("read back");
-        let key: Option<u64> = m
-            .key()
-            .and_then(|k| serde_json::from_slice::<serde_json::Value>(k).ok())
-            .and_then(|k| k["article_id"].as_u64());
-        let value = m.payload().map(|v| String::from_utf8_lossy(v).into_owned());
-        let ev = by_record.get(&(key, value.clone())).unwrap_or_else(|| {
-            panic!("{topic}[{}]@{}: a record that was never produced: {value:?}", m.partition(), m.offset())
-        });
-        by_partition.entry(m.partition()).or_default().push((m.offset(), (*ev).clone()));
-        read += 1;
-    }
-    by_partition
-        .into_values()
-        .flat_map(|mut recs| {
-            recs.sort_by_key(|r| r.0);
-            recs.into_iter().map(|r| r.1)
+    super::postgres::read_topic_with_offsets(bootstrap, topic)
+        .into_iter()
+        .map(|(partition, offset, key, value)| {
+            let id = key
+                .and_then(|k| serde_json::from_str::<serde_json::Value>(&k).ok())
+                .and_then(|k| k["article_id"].as_u64());
+            let ev = by_record.get(&(id, value.clone())).unwrap_or_else(|| {
+                panic!("{topic}[{partition}]@{offset}: a record that was never produced: {value:?}")
+            });
+            (*ev).clone()
         })
         .collect()
 }
