@@ -79,6 +79,7 @@ fn main() {
         version_field: spec.document.version.clone(),
         table: None,
         max_record_bytes: 1 << 22,
+        tables: Vec::new(),
     };
     let lines = std::fs::read(&snap).expect("read");
     let mut routed = Vec::new();

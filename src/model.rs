@@ -115,6 +115,9 @@ pub struct DocChange {
     /// record as `{source}@{position}`. (Always serialised: timely exchanges changes
     /// between processes in bincode, which has no field names to skip by.)
     pub source: Option<std::sync::Arc<str>>,
+    /// The table the row belongs to, as an index into the dataflow's `[[tables]]` (0 in a
+    /// single-table dataflow, whose rows are the documents themselves).
+    pub table: u16,
 }
 
 impl DocChange {
@@ -264,6 +267,31 @@ pub fn str_hash(s: &str) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&digest[..8]);
     u64::from_le_bytes(b)
+}
+
+/// A key column's value as it appears in an id or key: strings as-is, integers in decimal
+/// (an integral float too), booleans as true/false; None for anything else (null, a
+/// fraction, an array, an object). The decoders render ids this way, and a multi-table
+/// dataflow renders a foreign key column this way to find the row it names.
+pub fn key_part(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Some(u.to_string())
+            } else if let Some(i) = n.as_i64() {
+                Some(i.to_string())
+            } else {
+                match n.as_f64() {
+                    Some(f) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => Some((f as i64).to_string()),
+                    _ => None,
+                }
+            }
+        }
+        _ => None,
+    }
 }
 
 /// Stable routing hash of a document id (FNV-1a), used to exchange documents to workers.

@@ -239,6 +239,7 @@ fn spec(ids: &[&str]) -> DecodeSpec {
         version_field: Some("source.lsn".to_owned()),
         table: None,
         max_record_bytes: 1 << 20,
+        tables: Vec::new(),
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::tables::{ChildSpec, LookupSpec, MultiTable, TableSpec};
 use super::{read_toml, ConfigError};
 
 /// A pipeline definition.
@@ -23,6 +24,15 @@ pub struct DataflowSpec {
     pub embedder: EmbedderSpec,
     /// Where the vectors go.
     pub sink: SinkSpec,
+    /// The CDC tables of a document built from several tables (see `document.root`).
+    #[serde(default)]
+    pub tables: Vec<TableSpec>,
+    /// Many-to-one lookups of a multi-table document (`{author.name}`).
+    #[serde(default)]
+    pub lookups: Vec<LookupSpec>,
+    /// One-to-many collections of a multi-table document (`tags = [...]`).
+    #[serde(default)]
+    pub children: Vec<ChildSpec>,
 }
 
 /// Source of change events.
@@ -95,8 +105,20 @@ pub enum SourceFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentSpec {
-    /// Column(s) forming the document id (composite ids are joined with `/`).
+    /// Column(s) forming the document id (composite ids are joined with `/`). A multi-table
+    /// document's id is its root row's key: leave `id` out (or repeat the root's key).
+    #[serde(default)]
     pub id: Vec<String>,
+    /// The table (a `[[tables]]` name) whose rows are the documents: set it to build
+    /// documents from several tables (`src/config/tables.rs`). Unset: every row of the
+    /// source table is a document, as `id`, `version`, `source.table` say.
+    #[serde(default)]
+    pub root: Option<String>,
+    /// Which root rows are documents, e.g. `deleted_at is null and lang = "en"`
+    /// (`src/config/predicate.rs`). A document that stops matching leaves the index; one
+    /// that matches again comes back with the vectors it had. Needs `root`.
+    #[serde(default)]
+    pub filter: Option<String>,
     /// Envelope path of the version (`source.lsn`); events without it use their source
     /// position. Omit to always use the source position.
     #[serde(default)]
@@ -465,7 +487,14 @@ impl DataflowSpec {
     /// Check consistency.
     pub fn validate(self, path: &Path) -> Result<Self, ConfigError> {
         let bad = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
-        if self.document.id.is_empty() {
+        if self.document.root.is_some() {
+            self.multi_table_checked().map_err(bad)?;
+        } else if self.document.filter.is_some() || !self.tables.is_empty() {
+            return Err(bad(
+                "`document.filter`, [[tables]], [[lookups]] and [[children]] need `document.root` (the table whose rows are the documents)"
+                    .into(),
+            ));
+        } else if self.document.id.is_empty() {
             return Err(bad("`document.id` must name at least one column".into()));
         }
         TextTemplate::parse(&self.document.text).map_err(|m| bad(format!("`document.text`: {m}")))?;
@@ -541,6 +570,98 @@ impl DataflowSpec {
         toml::from_str(text).unwrap_or_else(|e| panic!("example spec: {e}"))
     }
 
+    /// A small valid multi-table spec for examples and tests: `articles` (root) with their
+    /// `author` (lookup in `authors`) and `tags` (children in `article_tags`), published
+    /// ones only.
+    pub fn multi_table_example_for_tests() -> Self {
+        let text = r#"
+            name = "example"
+            [source]
+            kind = "file"
+            path = "events.jsonl"
+            [document]
+            root = "articles"
+            text = "{title}\n\nby {author.name}\n\n{body}\n\nTags: {tags}"
+            metadata = ["status", "author.name", "tags"]
+            filter = 'status = "published"'
+            [[tables]]
+            name = "articles"
+            table = "public.articles"
+            key = ["article_id"]
+            version = "source.lsn"
+            columns = ["title", "body", "status", "author_id"]
+            [[tables]]
+            name = "authors"
+            table = "public.authors"
+            key = ["author_id"]
+            version = "source.lsn"
+            columns = ["name"]
+            [[tables]]
+            name = "article_tags"
+            table = "public.article_tags"
+            key = ["id"]
+            version = "source.lsn"
+            columns = ["article_id", "tag"]
+            [[lookups]]
+            name = "author"
+            table = "authors"
+            on = "author_id"
+            [[children]]
+            name = "tags"
+            table = "article_tags"
+            parent = "article_id"
+            value = "tag"
+            [chunker]
+            max_chars = 200
+            [embedder]
+            kind = "hash"
+            dimension = 8
+            [sink]
+            collection = "example"
+        "#;
+        let spec: Self = toml::from_str(text).unwrap_or_else(|e| panic!("multi-table example spec: {e}"));
+        spec.validate(Path::new("multi_table_example")).unwrap_or_else(|e| panic!("multi-table example spec: {e}"))
+    }
+
+    /// The multi-table model when `document.root` is set (validated at load).
+    pub fn multi_table(&self) -> Option<MultiTable> {
+        self.multi_table_checked().ok()
+    }
+
+    fn multi_table_checked(&self) -> Result<MultiTable, String> {
+        let root = self.document.root.as_deref().ok_or("no `document.root`")?;
+        let mut used = TextTemplate::parse(&self.document.text)?.fields();
+        used.extend(self.document.metadata.iter().cloned());
+        let m = MultiTable::check(
+            &self.tables,
+            &self.lookups,
+            &self.children,
+            root,
+            self.document.filter.as_deref(),
+            &used,
+        )?;
+        let root_key = &m.tables[m.root].key;
+        if !self.document.id.is_empty() && &self.document.id != root_key {
+            return Err(format!(
+                "`document.id` {:?} is not the root table's key {root_key:?} (leave it out)",
+                self.document.id
+            ));
+        }
+        if self.document.version.is_some() || self.source.table.is_some() {
+            return Err("with `document.root`, each [[tables]] entry has its own `table` and `version`: remove `document.version` and `source.table`".into());
+        }
+        if self.source.kind == SourceKind::Kafka {
+            return Err("a multi-table dataflow reads a file source in this version: on Kafka a restart resumes from \
+                        committed offsets, and the table state it needs to render documents is not yet kept across \
+                        restarts"
+                .into());
+        }
+        if self.source.format != SourceFormat::DebeziumJson {
+            return Err("a multi-table dataflow reads Debezium events (`format = \"debezium-json\"`): the table of a record comes from its envelope".into());
+        }
+        Ok(m)
+    }
+
     /// The parsed text template (validated at load).
     pub fn template(&self) -> TextTemplate {
         TextTemplate::parse(&self.document.text).unwrap_or(TextTemplate { parts: Vec::new() })
@@ -614,5 +735,33 @@ mod tests {
         let broken = text.replace("[chunker]", "[chunker]\nmax_charz = 3");
         let err = parse_toml::<DataflowSpec>(&path, &broken).expect_err("unknown key");
         assert!(err.to_string().contains("max_charz"), "{err}");
+    }
+
+    #[test]
+    fn the_multi_table_dataflow_loads_and_bad_declarations_are_refused_by_name() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/blog.toml");
+        let spec = DataflowSpec::load(&path).expect("blog.toml");
+        let m = spec.multi_table().expect("a multi-table dataflow");
+        assert_eq!((m.root, m.tables.len(), m.lookups.len(), m.children.len()), (0, 4, 1, 2));
+        assert!(m.filter.is_some());
+        let text = std::fs::read_to_string(&path).expect("read");
+        for (from, to, says) in [
+            ("deleted_at is null and", "deleted_at is nul and", "`null` after `deleted_at is`"),
+            ("deleted_at is null and", "removed_at is null and", "`removed_at`, which is not a field"),
+            ("by {author.name}", "by {author.email}", "`author.email`, which is not a field"),
+            ("root = \"articles\"", "root = \"posts\"", "`posts`, which is not one of [[tables]]"),
+            ("on = \"author_id\"", "on = \"writer_id\"", "`on = \"writer_id\"` is not a column"),
+            ("value = \"tag\"", "value = \"label\"", "`value = \"label\"` is not a column"),
+            ("kind = \"file\"", "kind = \"kafka\"\ntopics = [\"t\"]", "reads a file source"),
+        ] {
+            let broken = text.replacen(from, to, 1);
+            assert_ne!(broken, text, "{from}");
+            let spec: DataflowSpec = parse_toml(&path, &broken).expect("parses");
+            let err = spec.validate(&path).expect_err(says).to_string();
+            assert!(err.contains(says), "{says}: {err}");
+        }
+        let no_root = text.replacen("root = \"articles\"", "", 1);
+        let spec: DataflowSpec = parse_toml(&path, &no_root).expect("parses");
+        assert!(spec.validate(&path).expect_err("tables without a root").to_string().contains("need `document.root`"));
     }
 }

@@ -4,7 +4,9 @@
 //! errors naming the key. `validate()` turns the raw structs into checked ones.
 
 mod dataflow;
+pub mod predicate;
 mod runtime;
+pub mod tables;
 
 pub use dataflow::{
     ChunkerSpec, DataflowSpec, Distance, DocumentSpec, EmbedderKind, EmbedderSpec, IndexKind, SinkKind, SinkSpec,

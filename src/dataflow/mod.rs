@@ -7,6 +7,7 @@ pub mod chunk;
 pub mod operators;
 pub mod pipeline;
 pub mod state;
+pub mod tables;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,6 @@
 //! Build the pipeline's dataflow from a source stream:
-//! `routed records → doc_state (exchange by doc_id) → write_index (embed + sink, capability
+//! `routed records → [upsert_tables → render_documents, for documents built from several
+//! tables] → doc_state (exchange by doc_id) → write_index (embed + sink, capability
 //! held until acknowledged) → probe` — the probe's frontier is the sink frontier.
 //! Beside it, the state's size changes form a differential collection whose `count_total`
 //! maintains the exact number of live documents and chunks the index converges to.
@@ -11,13 +12,16 @@ use differential_dataflow::operators::CountTotal;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::Stream;
 use timely::scheduling::SyncActivator;
 
 use crate::dataflow::operators::doc_state::{DocStateExt, InitialState};
+use crate::dataflow::operators::render_documents::RenderDocumentsExt;
+use crate::dataflow::operators::upsert_tables::UpsertTablesExt;
 use crate::dataflow::operators::write_index::{Acked, IndexWriter, WriteIndexExt};
 use crate::dataflow::state::DocShape;
+use crate::dataflow::tables::DocModel;
 use crate::dataflow::{Routed, StateOut, Time};
 
 /// Which size a [`SizeObserver`] is told about.
@@ -49,6 +53,7 @@ pub struct StageProbes {
 pub fn build<'scope, W, F>(
     routed: Stream<'scope, Time, Vec<Routed>>,
     shape: Rc<DocShape>,
+    tables: Option<Rc<DocModel>>,
     initial: InitialState,
     make_writer: F,
     probes: &StageProbes,
@@ -59,7 +64,16 @@ where
     F: FnOnce(SyncActivator) -> W + 'static,
 {
     let routed = routed.probe_with(&probes.decode);
-    let state = routed.doc_state("DocState", shape, initial).probe_with(&probes.state);
+    // A multi-table dataflow: rows → tables → documents (joins) before the document state.
+    let (docs, table_counters) = match tables {
+        Some(model) => {
+            let (docs, counters) =
+                routed.upsert_tables("UpsertTables", Rc::clone(&model)).render_documents("RenderDocuments", model);
+            (docs, Some(counters))
+        }
+        None => (routed, None),
+    };
+    let state = docs.doc_state("DocState", shape, initial).probe_with(&probes.state);
     state
         .clone()
         .unary::<timely::container::CapacityContainerBuilder<Vec<(u8, Time, isize)>>, _, _, _>(
@@ -88,5 +102,9 @@ where
                 sizes(kind, *total as i64);
             }
         });
-    state.write_index("WriteIndex", make_writer).probe_with(&probes.sink)
+    let to_write = match table_counters {
+        Some(counters) => state.concat(counters),
+        None => state,
+    };
+    to_write.write_index("WriteIndex", make_writer).probe_with(&probes.sink)
 }

@@ -89,6 +89,9 @@ pub struct DocShape {
     meta_fields: Vec<String>,
     chunker: Chunker,
     truncate: TruncatePolicy,
+    /// Child collections (arrays) by field name, with the separator they are joined with
+    /// in the text.
+    separators: BTreeMap<String, String>,
 }
 
 impl DocShape {
@@ -101,6 +104,7 @@ impl DocShape {
             meta_fields: spec.document.metadata.clone(),
             chunker: Chunker::new(&spec.chunker),
             truncate: spec.source.truncate,
+            separators: spec.children.iter().map(|c| (c.name.clone(), c.separator.clone())).collect(),
         }
     }
 
@@ -130,6 +134,18 @@ impl DocShape {
                 reason: "wrong_type",
                 message: format!("text field `{name}` is {} but the text template needs a string", json_kind(other)),
             }),
+        }
+    }
+
+    /// Render a text field value: a child collection (an array) is its elements joined
+    /// with its separator; anything else as [`DocShape::render_field`].
+    fn render_value(&self, name: &str, v: &serde_json::Value) -> Result<String, Rejection> {
+        match (v, self.separators.get(name)) {
+            (serde_json::Value::Array(items), Some(sep)) => {
+                let parts: Result<Vec<String>, Rejection> = items.iter().map(|i| Self::render_field(name, i)).collect();
+                Ok(parts?.join(sep))
+            }
+            _ => Self::render_field(name, v),
         }
     }
 
@@ -188,7 +204,7 @@ impl DocShape {
                     unchanged_text.push(i);
                     text_hashes.push(0);
                 }
-                Some(FieldValue::Value(v)) => match Self::render_field(f, v) {
+                Some(FieldValue::Value(v)) => match self.render_value(f, v) {
                     Ok(s) => {
                         text_hashes.push(str_hash(&s));
                         rendered.insert(f.as_str(), s);

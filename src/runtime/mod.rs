@@ -463,6 +463,17 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         version_field: spec.document.version.clone(),
         table: spec.source.table.clone(),
         max_record_bytes: config.max_record_bytes,
+        tables: spec
+            .tables
+            .iter()
+            .map(|t| DecodeSpec {
+                id_fields: t.key.clone(),
+                version_field: t.version.clone(),
+                table: Some(t.table.clone()),
+                max_record_bytes: config.max_record_bytes,
+                tables: Vec::new(),
+            })
+            .collect(),
     };
     let bar = match &replay {
         Some(r) if r.progress_bar => Some(progress::spawn_bar(Arc::clone(&progress))),
@@ -485,6 +496,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         max_records_per_pass: config.max_records_per_pass,
         until_end,
         max_passes_in_flight: config.max_passes_in_flight,
+        whole_first_pass: spec.document.root.is_some(),
     };
     let kafka_opts = match (&kafka_plan, &config.kafka) {
         (Some(plan), Some(k)) => Some(KafkaSourceOptions {
@@ -526,6 +538,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         let index = worker.index();
         let init = inits.lock().ok().and_then(|mut v| v.get_mut(index).and_then(Option::take)).unwrap_or_default();
         let shape = Rc::new(DocShape::new(&spec_w));
+        let tables = crate::dataflow::tables::DocModel::for_spec(&spec_w).map(Rc::new);
         let shared = Arc::clone(&shared);
         let handle = handle.clone();
         let progress = Arc::clone(&progress_w);
@@ -550,6 +563,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
             crate::dataflow::pipeline::build(
                 routed,
                 shape,
+                tables,
                 init,
                 move |activator| RuntimeWriter::start(shared, &handle, activator),
                 &probes_d,

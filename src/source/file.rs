@@ -44,6 +44,12 @@ pub struct FileSourceOptions {
     /// Passes read but not yet acknowledged by the sink before reading pauses
     /// (backpressure: bounds the records held in the pipeline).
     pub max_passes_in_flight: usize,
+    /// Read the whole file, as far as it goes at start, in the first pass. A multi-table
+    /// dataflow sets it: a run reads its file from the start, and its documents must be
+    /// rendered from the complete tables — in bounded passes an article read before its
+    /// author's row would be rendered (and embedded) without it first, at every restart.
+    /// The first pass then holds the file's records in memory.
+    pub whole_first_pass: bool,
 }
 
 /// Decode one line (`key<sep>value` when `key_separator` is set) into routed items.
@@ -100,6 +106,7 @@ pub fn file_source<'scope>(
         let mut partial = false;
         let mut failed = false;
         let mut outstanding: VecDeque<Time> = VecDeque::new();
+        let mut first_pass = opts.whole_first_pass;
         move |output| {
             let Some(c) = cap.as_mut() else {
                 progress.finish(index);
@@ -136,8 +143,9 @@ pub fn file_source<'scope>(
             let mut routed = Vec::new();
             let mut read = 0;
             let mut eof = false;
+            let limit = if std::mem::take(&mut first_pass) { usize::MAX } else { opts.max_records_per_pass };
             if let Some(r) = reader.as_mut() {
-                while read < opts.max_records_per_pass {
+                while read < limit {
                     // `buf` keeps a line's start read before its end was written.
                     if !partial {
                         buf.clear();

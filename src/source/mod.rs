@@ -161,9 +161,27 @@ pub fn ingest(
     out: &mut Vec<Routed>,
 ) {
     let RawRecord { key, value, position, timestamp_ms, headers } = record;
-    let decoded = match format {
+    let decode = |spec: &DecodeSpec| match format {
         SourceFormat::DebeziumJson => decode_debezium_json(spec, key, value, position),
         SourceFormat::UpsertJson => decode_upsert_json(spec, key, value, position, timestamp_ms),
+    };
+    let decoded = if spec.tables.is_empty() {
+        decode(spec)
+    } else {
+        // A multi-table dataflow: the table the event names decodes it (its key, version).
+        let mut decoded = Ok(Decoded::Skip(SkipKind::OtherTable));
+        for (i, table) in spec.tables.iter().enumerate() {
+            match decode(table) {
+                Ok(Decoded::Skip(SkipKind::OtherTable)) => continue,
+                Ok(Decoded::Record(SourceRecord::Doc(mut c))) => {
+                    c.table = i as u16;
+                    decoded = Ok(Decoded::Record(SourceRecord::Doc(c)));
+                }
+                other => decoded = other,
+            }
+            break;
+        }
+        decoded
     };
     match decoded {
         Ok(Decoded::Record(SourceRecord::Doc(mut c))) => {

@@ -11,6 +11,7 @@ pub mod faults;
 pub mod kafka;
 pub mod postgres;
 pub mod qdrant;
+pub mod tables;
 
 use freshet::config::DataflowSpec;
 use freshet::dataflow::chunk::Chunker;

@@ -13,7 +13,7 @@ use timely::dataflow::Stream;
 
 use crate::dataflow::state::{diff, DocShape, DocState, Outcome, Pending};
 use crate::dataflow::{Ingested, Routed, StateOut, Tally, Time};
-use crate::model::{ChangeClass, DeadLetter, DocChange, DocId, SourceRecord, Version};
+use crate::model::{ChangeClass, ChangeOp, DeadLetter, DocChange, DocId, SourceRecord, Version};
 
 /// The state a worker starts from (rebuilt from the collection and the tombstone log).
 #[derive(Debug, Default, Clone)]
@@ -87,7 +87,8 @@ impl<'scope> DocStateExt<'scope> for Stream<'scope, Time, Vec<Routed>> {
 }
 
 enum Event<'a> {
-    Change(&'a DocChange),
+    /// A change, and whether it counts in the tally.
+    Change(&'a DocChange, bool),
     Truncate(Version),
 }
 
@@ -102,14 +103,16 @@ pub fn process_time(
     let mut tally = Tally::default();
     let mut applied: Vec<Option<u64>> = Vec::new();
     let mut out = Vec::new();
-    let mut by_doc: BTreeMap<&DocId, Vec<&DocChange>> = BTreeMap::new();
+    // (change, counted): a multi-table document's change (rendered from table rows, which
+    // were counted where they were read) is not counted again.
+    let mut by_doc: BTreeMap<&DocId, Vec<(&DocChange, bool)>> = BTreeMap::new();
     let mut truncates: Vec<(u64, Version)> = Vec::new();
     for r in &items {
         if r.counted {
             tally.received += 1;
         }
         match &r.item {
-            Ingested::Record(SourceRecord::Doc(c)) => by_doc.entry(&c.doc_id).or_default().push(c),
+            Ingested::Record(SourceRecord::Doc(c)) => by_doc.entry(&c.doc_id).or_default().push((c, r.counted)),
             Ingested::Record(SourceRecord::Truncate { version, position, .. }) if shape.refuses_truncates() => {
                 // Broadcast to every worker; dead-lettered once.
                 if r.counted {
@@ -159,7 +162,7 @@ pub fn process_time(
         let mut pending = Pending::default();
         let mut events: Vec<(u64, Event<'_>)> = truncates.iter().map(|(p, v)| (*p, Event::Truncate(*v))).collect();
         if let Some(cs) = by_doc.get(&doc_id) {
-            events.extend(cs.iter().map(|c| (c.position, Event::Change(c))));
+            events.extend(cs.iter().map(|(c, counted)| (c.position, Event::Change(c, *counted))));
         }
         events.sort_by_key(|e| e.0);
         let mut local_trunc = *truncated_at;
@@ -169,7 +172,25 @@ pub fn process_time(
                     DocShape::truncate(&mut cur, &mut pending, v);
                     local_trunc = Some(local_trunc.map_or(v, |t| t.max(v)));
                 }
-                Event::Change(c) => match shape.apply(&mut cur, &mut pending, c, local_trunc) {
+                Event::Change(c, false) => {
+                    // A rendered multi-table document: its rows were counted upstream.
+                    if let Outcome::Rejected(r) = shape.apply(&mut cur, &mut pending, c, local_trunc) {
+                        // It cannot be indexed as it is now: no stale point of it stays.
+                        let delete = DocChange { op: ChangeOp::Delete, ..(*c).clone() };
+                        shape.apply(&mut cur, &mut pending, &delete, local_trunc);
+                        out.push(StateOut::Dead(DeadLetter {
+                            origin: None,
+                            position: c.position,
+                            stage: "document".into(),
+                            reason: r.reason.into(),
+                            error: r.message,
+                            doc_id: Some(c.doc_id.0.clone()),
+                            record_excerpt: None,
+                            record_bytes: None,
+                        }));
+                    }
+                }
+                Event::Change(c, true) => match shape.apply(&mut cur, &mut pending, c, local_trunc) {
                     Outcome::Applied(ChangeClass::Content) => {
                         tally.content += 1;
                         applied.push(c.commit_ts_ms);
@@ -258,6 +279,7 @@ mod tests {
             commit_ts_ms: None,
             op: ChangeOp::Upsert(row),
             source: None,
+            table: 0,
         };
         Routed { target: 0, counted: true, item: Ingested::Record(SourceRecord::Doc(change)) }
     }

@@ -101,7 +101,15 @@ pub fn decode_debezium_json(
             (doc_id(spec, before, "before", key)?, ChangeOp::Delete)
         }
     };
-    Ok(Decoded::Record(SourceRecord::Doc(DocChange { doc_id, version, position, commit_ts_ms, op, source: None })))
+    Ok(Decoded::Record(SourceRecord::Doc(DocChange {
+        doc_id,
+        version,
+        position,
+        commit_ts_ms,
+        op,
+        source: None,
+        table: 0,
+    })))
 }
 
 /// The operation of a change event.

@@ -28,6 +28,11 @@ pub struct DecodeSpec {
     pub table: Option<String>,
     /// Records (key+value bytes) larger than this are rejected (error kind TooLarge).
     pub max_record_bytes: usize,
+    /// A multi-table dataflow's tables, one spec each (its key, version and `table`), in
+    /// `[[tables]]` order: a record is decoded by the one whose table it belongs to, and
+    /// its change carries that index ([`crate::model::DocChange::table`]). Empty for a
+    /// single-table dataflow, which this spec's own fields describe.
+    pub tables: Vec<DecodeSpec>,
 }
 
 impl DecodeSpec {
@@ -39,6 +44,7 @@ impl DecodeSpec {
             version_field: Some("source.lsn".to_owned()),
             table: None,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            tables: Vec::new(),
         }
     }
 }

@@ -68,6 +68,7 @@ pub fn decode_upsert_json(
             commit_ts_ms,
             op: ChangeOp::Delete,
             source: None,
+            table: 0,
         })));
     };
     let doc_id = doc_id(spec, Some(&row), "value", key)?;
@@ -80,6 +81,7 @@ pub fn decode_upsert_json(
         commit_ts_ms,
         op: ChangeOp::Upsert(row),
         source: None,
+        table: 0,
     })))
 }
 

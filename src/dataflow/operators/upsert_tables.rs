@@ -1,0 +1,192 @@
+//! `upsert_tables`: the tables of a multi-table dataflow as upserted collections. Rows are
+//! exchanged by (table, key); for each completed time every row event is folded into its
+//! table's state in source order ([`DocModel::upsert`]: the per-row version guard, TOAST
+//! resolved from the stored row, only the used columns kept), and each change leaves as a
+//! differential update — the old row retracted, the new one inserted — for
+//! `render_documents`. Beside them: the time's [`Tally`] of row outcomes, dead letters,
+//! and the commit times of the rows applied (the freshness of this time's writes).
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+use crate::dataflow::tables::{Cells, DocModel, RowOutcome, RowState};
+use crate::dataflow::{Ingested, Routed, StateOut, Tally, Time};
+use crate::model::{DeadLetter, SourceRecord};
+
+/// What `upsert_tables` emits.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TableOut {
+    /// A row of table `.0` with key `.1` entered (+1) or left (-1) the table.
+    Update(u16, String, Cells, isize),
+    /// Counters, dead letters and applied commit times for the write stage.
+    State(StateOut),
+}
+
+/// The worker a table row goes to: a stable hash of (table, key).
+pub fn row_route(table: u16, key: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    table.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// Extension trait adding [`UpsertTablesExt::upsert_tables`].
+pub trait UpsertTablesExt<'scope> {
+    /// Fold routed table rows into per-table state; emit row updates and counters.
+    ///
+    /// ```
+    /// use timely::dataflow::operators::{ToStream, Capture, capture::Event};
+    /// use freshet::dataflow::operators::upsert_tables::{TableOut, UpsertTablesExt};
+    /// use freshet::dataflow::{Ingested, Routed, StateOut};
+    /// use freshet::model::{ChangeOp, DocChange, DocId, FieldValue, SourceRecord};
+    /// let row = [("author_id", "7"), ("name", "\"Ada\"")].into_iter()
+    ///     .map(|(k, v)| (k.to_string(), FieldValue::Value(serde_json::from_str(v).unwrap()))).collect();
+    /// let change = DocChange { doc_id: DocId("7".into()), version: 5, position: 1, commit_ts_ms: None,
+    ///     op: ChangeOp::Upsert(row), source: None, table: 1 };
+    /// let out = timely::example(move |scope| {
+    ///     let spec = freshet::config::DataflowSpec::multi_table_example_for_tests();
+    ///     let model = std::rc::Rc::new(freshet::dataflow::tables::DocModel::for_spec(&spec).unwrap());
+    ///     vec![Routed { target: 0, counted: true, item: Ingested::Record(SourceRecord::Doc(change)) }]
+    ///         .to_stream(scope).upsert_tables("UpsertTables", model).capture()
+    /// });
+    /// let out: Vec<TableOut> = out.try_iter()
+    ///     .flat_map(|e| match e { Event::Messages(_, d) => d, _ => Vec::new() }).collect();
+    /// assert!(out.contains(&TableOut::Update(1, "7".into(), vec!["7".into(), "\"Ada\"".into()], 1)));
+    /// assert!(out.iter().any(|o| matches!(o, TableOut::State(StateOut::Tally(t)) if t.received == 1 && t.content == 1)));
+    /// ```
+    fn upsert_tables(self, name: &str, model: Rc<DocModel>) -> Stream<'scope, Time, Vec<TableOut>>;
+}
+
+impl<'scope> UpsertTablesExt<'scope> for Stream<'scope, Time, Vec<Routed>> {
+    fn upsert_tables(self, name: &str, model: Rc<DocModel>) -> Stream<'scope, Time, Vec<TableOut>> {
+        let exchange = Exchange::new(|r: &Routed| match &r.item {
+            Ingested::Record(SourceRecord::Doc(c)) => row_route(c.table, &c.doc_id.0),
+            _ => r.target,
+        });
+        self.unary_frontier(exchange, name, move |_cap, _info| {
+            let mut tables: Vec<BTreeMap<String, RowState>> = Vec::new();
+            let mut stash: BTreeMap<Time, (Capability<Time>, Vec<Routed>)> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    let Some(time) = cap.least().copied() else { return };
+                    let Some(retained) = cap.retain_least(output.output_index()) else { return };
+                    let entry = stash.entry(time).or_insert_with(|| (retained, Vec::new()));
+                    for batch in data {
+                        entry.1.append(batch);
+                    }
+                });
+                let ready: Vec<Time> = stash.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
+                for time in ready {
+                    let Some((cap, items)) = stash.remove(&time) else { continue };
+                    let out = upsert_time(&model, &mut tables, items);
+                    output.session(&cap).give_iterator(out.into_iter());
+                }
+            }
+        })
+    }
+}
+
+/// Fold one time's records into the tables. Public for deterministic tests.
+pub fn upsert_time(
+    model: &DocModel,
+    tables: &mut Vec<BTreeMap<String, RowState>>,
+    mut items: Vec<Routed>,
+) -> Vec<TableOut> {
+    items.sort_by_key(|r| position_of(&r.item));
+    let mut tally = Tally::default();
+    let mut applied = Vec::new();
+    let mut out = Vec::new();
+    for r in items {
+        if r.counted {
+            tally.received += 1;
+        }
+        match r.item {
+            Ingested::Record(SourceRecord::Doc(c)) => {
+                let t = c.table as usize;
+                if tables.len() <= t {
+                    tables.resize_with(t + 1, BTreeMap::new);
+                }
+                let mut state = tables[t].get(&c.doc_id.0).cloned();
+                match model.upsert(t, &mut state, &c) {
+                    RowOutcome::Changed { before, after } => {
+                        if after.is_some() {
+                            tally.content += 1;
+                        } else {
+                            tally.deleted += 1;
+                        }
+                        applied.push(c.commit_ts_ms);
+                        if let Some(b) = before {
+                            out.push(TableOut::Update(c.table, c.doc_id.0.clone(), b, -1));
+                        }
+                        if let Some(a) = after {
+                            out.push(TableOut::Update(c.table, c.doc_id.0.clone(), a, 1));
+                        }
+                    }
+                    RowOutcome::NoOp => tally.noop += 1,
+                    RowOutcome::Superseded => tally.superseded += 1,
+                    RowOutcome::Rejected(rej) => {
+                        tally.dead_lettered += 1;
+                        out.push(TableOut::State(StateOut::Dead(DeadLetter {
+                            origin: c.origin(),
+                            position: c.position,
+                            stage: "table".into(),
+                            reason: rej.reason.into(),
+                            error: rej.message,
+                            doc_id: Some(format!("{}:{}", model.table_name(t), c.doc_id)),
+                            record_excerpt: None,
+                            record_bytes: None,
+                        })));
+                        continue;
+                    }
+                }
+                if let Some(s) = state {
+                    tables[t].insert(c.doc_id.0, s);
+                }
+            }
+            Ingested::Record(SourceRecord::Truncate { version, position, .. }) => {
+                // Broadcast to every worker; dead-lettered once.
+                if r.counted {
+                    tally.dead_lettered += 1;
+                    out.push(TableOut::State(StateOut::Dead(DeadLetter {
+                        origin: None,
+                        position,
+                        stage: "table".into(),
+                        reason: "truncate_unsupported".into(),
+                        error: format!(
+                            "table truncate at version {version} not applied: a multi-table dataflow does not apply \
+                             truncates yet (delete the rows instead)"
+                        ),
+                        doc_id: None,
+                        record_excerpt: None,
+                        record_bytes: None,
+                    })));
+                }
+            }
+            Ingested::Skipped { .. } => tally.noop += 1,
+            Ingested::Dead(d) => {
+                tally.dead_lettered += 1;
+                out.push(TableOut::State(StateOut::Dead(d)));
+            }
+        }
+    }
+    if !applied.is_empty() {
+        out.push(TableOut::State(StateOut::Applied(applied)));
+    }
+    out.push(TableOut::State(StateOut::Tally(tally)));
+    out
+}
+
+fn position_of(i: &Ingested) -> u64 {
+    match i {
+        Ingested::Record(SourceRecord::Doc(c)) => c.position,
+        Ingested::Record(SourceRecord::Truncate { position, .. }) => *position,
+        Ingested::Skipped { position, .. } => *position,
+        Ingested::Dead(d) => d.position,
+    }
+}

@@ -1,0 +1,271 @@
+//! Documents from several tables, the pure part: a table's rows as upserted state (the
+//! version guard of invariant 3 per row, unchanged-TOAST placeholders resolved from the
+//! stored row, only the used columns kept), and the assembly of one document from its
+//! root row, its looked-up rows and its child rows ([`DocModel::assemble`]). The
+//! differential operators that maintain these are in `operators/upsert_tables.rs` and
+//! `operators/render_documents.rs`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::predicate::Predicate;
+use crate::config::tables::MultiTable;
+use crate::dataflow::state::Rejection;
+use crate::model::{key_part, ChangeOp, DocChange, FieldValue, Version};
+
+/// A stored row: the JSON text of each kept column, in [`crate::config::tables::TableSpec::all_columns`]
+/// order (JSON text, not `serde_json::Value`: differential's data must be `Ord`).
+pub type Cells = Vec<String>;
+
+/// What a table holds for one key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowState {
+    /// Newest version seen; older events of the row are superseded.
+    pub version: Version,
+    /// The row, `None` once deleted (a tombstone, so a late older upsert stays superseded).
+    pub cells: Option<Cells>,
+}
+
+/// What folding one event into a table did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RowOutcome {
+    /// The row changed: retract `before`, insert `after` (either may be absent).
+    Changed {
+        /// The row before.
+        before: Option<Cells>,
+        /// The row after.
+        after: Option<Cells>,
+    },
+    /// Applied, but the kept columns are the same (or a delete of an absent row).
+    NoOp,
+    /// Older than what the table holds (or a repeat of it).
+    Superseded,
+    /// Refused (dead-lettered); the table is unchanged.
+    Rejected(Rejection),
+}
+
+/// The tables of a multi-table dataflow and how their rows become documents.
+#[derive(Debug)]
+pub struct DocModel {
+    spec: MultiTable,
+    columns: Vec<Vec<String>>,
+    /// Per lookup: (index of the `from` lookup or None for the root, cell index of `on`).
+    lookup_on: Vec<(Option<usize>, usize)>,
+    /// Per child: (cell index of `parent`, of `value`, of `order_by`).
+    child_cols: Vec<(usize, usize, Option<usize>)>,
+    /// The document fields the text and metadata read.
+    used: Vec<String>,
+}
+
+impl DocModel {
+    /// Compile a checked multi-table spec; `used` = the fields of the text and metadata.
+    pub fn new(spec: MultiTable, used: Vec<String>) -> Self {
+        let columns: Vec<Vec<String>> = spec.tables.iter().map(|t| t.all_columns()).collect();
+        let col = |t: usize, c: &str| columns[t].iter().position(|x| x == c).unwrap_or(0);
+        let table_of = |name: &str| spec.tables.iter().position(|t| t.name == name).unwrap_or(0);
+        let mut lookup_on = Vec::new();
+        for l in &spec.lookups {
+            let from = l.from.as_ref().and_then(|f| spec.lookups.iter().position(|x| &x.name == f));
+            let from_table = from.map_or(spec.root, |i| table_of(&spec.lookups[i].table));
+            lookup_on.push((from, col(from_table, &l.on)));
+        }
+        let child_cols = spec
+            .children
+            .iter()
+            .map(|c| {
+                let t = table_of(&c.table);
+                (col(t, &c.parent), col(t, &c.value), c.order_by.as_deref().map(|o| col(t, o)))
+            })
+            .collect();
+        Self { spec, columns, lookup_on, child_cols, used }
+    }
+
+    /// The model of a dataflow with `document.root` (None without).
+    pub fn for_spec(spec: &crate::config::DataflowSpec) -> Option<Self> {
+        let m = spec.multi_table()?;
+        let mut used = spec.template().fields();
+        for f in &spec.document.metadata {
+            if !used.contains(f) {
+                used.push(f.clone());
+            }
+        }
+        Some(Self::new(m, used))
+    }
+
+    /// The checked spec.
+    pub fn spec(&self) -> &MultiTable {
+        &self.spec
+    }
+
+    /// Index of the root table.
+    pub fn root(&self) -> usize {
+        self.spec.root
+    }
+
+    /// Table index of each lookup, and the lookup (or root, None) it starts from with the
+    /// cell index of its `on` column there.
+    pub fn lookups(&self) -> Vec<(usize, Option<usize>, usize)> {
+        self.spec
+            .lookups
+            .iter()
+            .zip(&self.lookup_on)
+            .map(|(l, (from, on))| (self.table_index(&l.table), *from, *on))
+            .collect()
+    }
+
+    /// Table index of each child collection with the cell indexes of its parent, value and
+    /// order columns.
+    pub fn children(&self) -> Vec<(usize, usize, usize, Option<usize>)> {
+        self.spec
+            .children
+            .iter()
+            .zip(&self.child_cols)
+            .map(|(c, (p, v, o))| (self.table_index(&c.table), *p, *v, *o))
+            .collect()
+    }
+
+    fn table_index(&self, name: &str) -> usize {
+        self.spec.tables.iter().position(|t| t.name == name).unwrap_or(0)
+    }
+
+    /// The table's name (for dead letters and counters).
+    pub fn table_name(&self, table: usize) -> &str {
+        self.spec.tables.get(table).map_or("?", |t| t.name.as_str())
+    }
+
+    /// Fold one change of `table` into its state (`None`: the key was never seen).
+    pub fn upsert(&self, table: usize, state: &mut Option<RowState>, change: &DocChange) -> RowOutcome {
+        if let Some(s) = state.as_ref() {
+            if change.version <= s.version {
+                return RowOutcome::Superseded;
+            }
+        }
+        let before = state.as_ref().and_then(|s| s.cells.clone());
+        let after = match &change.op {
+            ChangeOp::Delete => None,
+            ChangeOp::Upsert(row) => {
+                let Some(columns) = self.columns.get(table) else {
+                    return RowOutcome::Rejected(Rejection {
+                        reason: "unknown_table",
+                        message: format!("table index {table} is not declared"),
+                    });
+                };
+                let mut cells = Vec::with_capacity(columns.len());
+                for (i, c) in columns.iter().enumerate() {
+                    match row.get(c) {
+                        Some(FieldValue::Value(v)) => cells.push(v.to_string()),
+                        None => cells.push("null".into()),
+                        Some(FieldValue::Unchanged) => match before.as_ref().and_then(|b| b.get(i)) {
+                            Some(prev) => cells.push(prev.clone()),
+                            None => {
+                                return RowOutcome::Rejected(Rejection {
+                                    reason: "toast_without_previous",
+                                    message: format!(
+                                        "unchanged-TOAST placeholder in column `{c}` of table `{}` but row `{}` has no previous version",
+                                        self.table_name(table),
+                                        change.doc_id
+                                    ),
+                                })
+                            }
+                        },
+                    }
+                }
+                Some(cells)
+            }
+        };
+        *state = Some(RowState { version: change.version, cells: after.clone() });
+        if before == after {
+            RowOutcome::NoOp
+        } else {
+            RowOutcome::Changed { before, after }
+        }
+    }
+
+    /// The key a foreign-key cell names (None for null and non-key values).
+    pub fn key_of(cell: &str) -> Option<String> {
+        serde_json::from_str::<Value>(cell).ok().as_ref().and_then(key_part)
+    }
+
+    /// Build one document's fields from its parts; None when it is not a document (no root
+    /// row, a required lookup missing, or the filter does not hold). Returns the fields the
+    /// text and metadata read, as (name, JSON text), sorted by name.
+    pub fn assemble(&self, parts: &[&Part]) -> Option<Vec<(String, String)>> {
+        let mut fields: BTreeMap<String, Value> = BTreeMap::new();
+        let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+        let mut root = false;
+        let mut lookups_found = vec![false; self.spec.lookups.len()];
+        let mut children: Vec<Vec<(&str, &str, &str)>> = vec![Vec::new(); self.spec.children.len()];
+        for p in parts {
+            match p {
+                Part::Root(cells) => {
+                    root = true;
+                    for (c, v) in self.columns[self.spec.root].iter().zip(cells) {
+                        fields.insert(c.clone(), parse(v));
+                    }
+                }
+                Part::Lookup(i, cells) => {
+                    let i = *i as usize;
+                    let Some(l) = self.spec.lookups.get(i) else { continue };
+                    lookups_found[i] = true;
+                    for (c, v) in self.columns[self.table_index(&l.table)].iter().zip(cells) {
+                        fields.insert(format!("{}.{c}", l.name), parse(v));
+                    }
+                }
+                Part::Child(i, order, key, value) => {
+                    if let Some(list) = children.get_mut(*i as usize) {
+                        list.push((order.as_str(), key.as_str(), value.as_str()));
+                    }
+                }
+            }
+        }
+        if !root {
+            return None;
+        }
+        for (i, l) in self.spec.lookups.iter().enumerate() {
+            // A chain's link is missing when an earlier link is.
+            let found = lookups_found[i] && self.lookup_on[i].0.is_none_or(|from| lookups_found[from]);
+            if !found && l.required {
+                return None;
+            }
+        }
+        for (i, c) in self.spec.children.iter().enumerate() {
+            let mut list = std::mem::take(&mut children[i]);
+            // By the order column's value (numbers by value), then by the child row's key.
+            list.sort_by(|a, b| order_cmp(a.0, b.0).then_with(|| a.1.cmp(b.1)));
+            fields.insert(c.name.clone(), Value::Array(list.iter().map(|(_, _, v)| parse(v)).collect()));
+        }
+        if let Some(filter) = &self.spec.filter {
+            if !filter.eval(&|f| fields.get(f)) {
+                return None;
+            }
+        }
+        Some(self.used.iter().map(|u| (u.clone(), fields.get(u).unwrap_or(&Value::Null).to_string())).collect())
+    }
+
+    /// The filter, if any.
+    pub fn filter(&self) -> Option<&Predicate> {
+        self.spec.filter.as_ref()
+    }
+}
+
+fn order_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    match (serde_json::from_str::<Value>(a), serde_json::from_str::<Value>(b)) {
+        (Ok(Value::Number(x)), Ok(Value::Number(y))) => {
+            x.as_f64().unwrap_or(0.0).partial_cmp(&y.as_f64().unwrap_or(0.0)).unwrap_or(std::cmp::Ordering::Equal)
+        }
+        _ => a.cmp(b),
+    }
+}
+
+/// One piece of a document, keyed by the root row's key in the document assembly.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Part {
+    /// The root row.
+    Root(Cells),
+    /// The row a lookup (by index) found.
+    Lookup(u16, Cells),
+    /// A child row of a collection (by index): its order value, its key, its value (JSON).
+    Child(u16, String, String, String),
+}
