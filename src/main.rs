@@ -292,6 +292,10 @@ enum Command {
         /// Write the changes after the snapshot to this file instead of `--out`.
         #[arg(long)]
         changes_out: Option<PathBuf>,
+        /// Generate the blog's four tables (authors, articles, tags, ACL rows) for
+        /// `dataflows/blog.toml` instead of the single `articles` table.
+        #[arg(long)]
+        tables: bool,
     },
 }
 
@@ -531,9 +535,13 @@ fn real_main() -> Result<()> {
                 }
             }
         }
-        Command::Generate { out, docs, edits, flips, deletes, seed, changes_out } => {
+        Command::Generate { out, docs, edits, flips, deletes, seed, changes_out, tables } => {
             let plan = freshet::workload::Plan { docs, edits, flips, deletes, seed };
-            let n = freshet::workload::write_files(&out, changes_out.as_deref(), &plan)?;
+            let n = if tables {
+                freshet::workload::write_blog_files(&out, changes_out.as_deref(), &plan)?
+            } else {
+                freshet::workload::write_files(&out, changes_out.as_deref(), &plan)?
+            };
             eprintln!("wrote {n} events to {}", out.display());
             Ok(())
         }

@@ -212,6 +212,10 @@ struct Emitter {
 
 impl Emitter {
     fn event(&mut self, op: &str, before: Value, after: Value, snapshot: &str) {
+        self.event_in("articles", op, before, after, snapshot);
+    }
+
+    fn event_in(&mut self, table: &str, op: &str, before: Value, after: Value, snapshot: &str) {
         self.lsn += 56 + (self.lsn % 7) * 8;
         self.ts_ms += 13;
         self.tx += 1;
@@ -221,7 +225,7 @@ impl Emitter {
             "source": {
                 "version": "2.7.1.Final", "connector": "postgresql", "name": "freshet", "ts_ms": self.ts_ms,
                 "snapshot": snapshot, "db": "app", "sequence": format!("[null,\"{}\"]", self.lsn),
-                "schema": "public", "table": "articles", "txId": self.tx, "lsn": self.lsn, "xmin": null
+                "schema": "public", "table": table, "txId": self.tx, "lsn": self.lsn, "xmin": null
             },
             "op": op,
             "ts_ms": self.ts_ms + 40,
@@ -339,7 +343,16 @@ pub fn generate(plan: &Plan) -> (Vec<String>, Vec<String>) {
 /// Write the snapshot to `out` and the changes to `changes_out` (or after the snapshot in
 /// `out`). Returns the number of lines written.
 pub fn write_files(out: &Path, changes_out: Option<&Path>, plan: &Plan) -> std::io::Result<usize> {
-    let (snapshot, changes) = generate(plan);
+    write_lines(out, changes_out, generate(plan))
+}
+
+/// [`write_files`] for the four tables of [`generate_blog`].
+pub fn write_blog_files(out: &Path, changes_out: Option<&Path>, plan: &Plan) -> std::io::Result<usize> {
+    write_lines(out, changes_out, generate_blog(plan))
+}
+
+fn write_lines(out: &Path, changes_out: Option<&Path>, lines: (Vec<String>, Vec<String>)) -> std::io::Result<usize> {
+    let (snapshot, changes) = lines;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -363,4 +376,159 @@ pub fn write_files(out: &Path, changes_out: Option<&Path>, plan: &Plan) -> std::
     }
     f.flush()?;
     Ok(snapshot.len() + changes.len())
+}
+
+const FIRST_NAMES: &[&str] =
+    &["Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Leslie"];
+const LAST_NAMES: &[&str] =
+    &["Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Perlman", "Lamport"];
+const GROUPS: &[&str] = &["staff", "eng", "sales", "support", "public"];
+const BLOG_STATUSES: &[&str] = &["published", "published", "internal", "draft"];
+
+/// The blog's row of `articles(article_id, title, body, status, author_id, deleted_at)`.
+fn blog_row(a: &Article, author: u64, deleted_at: Option<u64>) -> Value {
+    json!({"article_id": a.id, "title": a.title, "body": a.paragraphs.join("\n\n"), "status": a.status,
+           "author_id": author, "deleted_at": deleted_at})
+}
+
+/// The sample corpus as four tables (`dataflows/blog.toml`): `authors(author_id, name)`,
+/// `articles(article_id, title, body, status, author_id, deleted_at)`,
+/// `article_tags(id, article_id, tag)`, `article_acl(id, article_id, group_name)` — a
+/// snapshot of all four (authors after the articles that name them, as a snapshot of
+/// several tables may deliver them), then `edits` one-paragraph edits, `flips` changes to
+/// joined rows (author renames, tags and ACL rows added and removed, status flips with an
+/// unchanged-TOAST body) and `deletes` soft deletes (half of them undone later) and hard
+/// deletes. Scripted first: the ACL row giving group `eng` article 1 is deleted.
+pub fn generate_blog(plan: &Plan) -> (Vec<String>, Vec<String>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
+    let mut em = Emitter { lsn: 24_000_000, ts_ms: 1_767_225_600_000, tx: 700, lines: Vec::new() };
+    let n_authors = (plan.docs as u64 / 25).max(3);
+    let name = |rng: &mut ChaCha8Rng| {
+        format!("{} {}", FIRST_NAMES.choose(rng).unwrap_or(&"Ada"), LAST_NAMES.choose(rng).unwrap_or(&"Lovelace"))
+    };
+    let mut arts: Vec<(Article, u64, Option<u64>)> = (1..=plan.docs as u64)
+        .map(|id| {
+            let mut a = new_article(&mut rng, id, em.ts_ms);
+            a.status = BLOG_STATUSES.choose(&mut rng).copied().unwrap_or("published");
+            (a, rng.random_range(1..=n_authors), None)
+        })
+        .collect();
+    // Child rows: (id, article_id, value, live).
+    let mut tags: Vec<(u64, u64, &str, bool)> = Vec::new();
+    let mut acl: Vec<(u64, u64, &str, bool)> = Vec::new();
+    for (a, author, deleted) in &arts {
+        em.event_in("articles", "r", Value::Null, blog_row(a, *author, *deleted), "true");
+        let t = &TOPICS[a.topic];
+        for _ in 0..rng.random_range(0..4) {
+            tags.push((tags.len() as u64 + 1, a.id, t.nouns.choose(&mut rng).copied().unwrap_or("misc"), true));
+        }
+        let mut groups: Vec<&str> = if a.id == 1 { vec!["eng", "staff"] } else { Vec::new() };
+        for _ in 0..rng.random_range(1..3) {
+            let g = GROUPS.choose(&mut rng).copied().unwrap_or("staff");
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+        for g in groups {
+            acl.push((acl.len() as u64 + 1, a.id, g, true));
+        }
+    }
+    let mut authors: Vec<String> = (0..n_authors).map(|_| name(&mut rng)).collect();
+    for (i, n) in authors.iter().enumerate() {
+        em.event_in("authors", "r", Value::Null, json!({"author_id": i as u64 + 1, "name": n}), "true");
+    }
+    for (id, article, tag, _) in &tags {
+        em.event_in("article_tags", "r", Value::Null, json!({"id": id, "article_id": article, "tag": tag}), "true");
+    }
+    for (id, article, group, _) in &acl {
+        em.event_in(
+            "article_acl",
+            "r",
+            Value::Null,
+            json!({"id": id, "article_id": article, "group_name": group}),
+            "last",
+        );
+    }
+    let snapshot = std::mem::take(&mut em.lines);
+    if let Some(row) = acl.iter_mut().find(|r| r.1 == 1 && r.2 == "eng") {
+        row.3 = false;
+        em.event_in("article_acl", "d", json!({"id": row.0}), Value::Null, "false");
+        em.lines.push("null".to_string());
+    }
+    let mut ops: Vec<u8> = Vec::new();
+    ops.extend(std::iter::repeat_n(0u8, plan.edits));
+    ops.extend(std::iter::repeat_n(1u8, plan.flips));
+    ops.extend(std::iter::repeat_n(2u8, plan.deletes));
+    for i in (1..ops.len()).rev() {
+        let j = rng.random_range(0..=i);
+        ops.swap(i, j);
+    }
+    for op in ops {
+        let i = rng.random_range(0..arts.len());
+        let ts = em.ts_ms;
+        let (a, author, deleted) = &mut arts[i];
+        if !a.live {
+            continue;
+        }
+        match (op, rng.random_range(0..5)) {
+            (0, _) => {
+                let p = rng.random_range(0..a.paragraphs.len());
+                a.paragraphs[p] = paragraph(&mut rng, &TOPICS[a.topic]);
+                a.updated_at = ts;
+                em.event_in("articles", "u", Value::Null, blog_row(a, *author, *deleted), "false");
+            }
+            (1, 0) => {
+                let who = rng.random_range(0..authors.len());
+                authors[who] = name(&mut rng);
+                let row = json!({"author_id": who as u64 + 1, "name": authors[who]});
+                em.event_in("authors", "u", Value::Null, row, "false");
+            }
+            (1, 1) => {
+                let tag = TOPICS[a.topic].nouns.choose(&mut rng).copied().unwrap_or("misc");
+                tags.push((tags.len() as u64 + 1, a.id, tag, true));
+                let row = json!({"id": tags.len(), "article_id": a.id, "tag": tag});
+                em.event_in("article_tags", "c", Value::Null, row, "false");
+            }
+            (1, 2) => {
+                if let Some(r) = tags.iter_mut().find(|r| r.1 == a.id && r.3) {
+                    r.3 = false;
+                    em.event_in("article_tags", "d", json!({"id": r.0}), Value::Null, "false");
+                    em.lines.push("null".to_string());
+                }
+            }
+            (1, 3) => {
+                let g = GROUPS.choose(&mut rng).copied().unwrap_or("staff");
+                match acl.iter_mut().find(|r| r.1 == a.id && r.2 == g && r.3) {
+                    Some(r) => {
+                        r.3 = false;
+                        em.event_in("article_acl", "d", json!({"id": r.0}), Value::Null, "false");
+                        em.lines.push("null".to_string());
+                    }
+                    None => {
+                        acl.push((acl.len() as u64 + 1, a.id, g, true));
+                        let row = json!({"id": acl.len(), "article_id": a.id, "group_name": g});
+                        em.event_in("article_acl", "c", Value::Null, row, "false");
+                    }
+                }
+            }
+            (1, _) => {
+                a.status = BLOG_STATUSES.choose(&mut rng).copied().unwrap_or("draft");
+                let mut row = blog_row(a, *author, *deleted);
+                row["body"] = TOAST_PLACEHOLDER.into();
+                em.event_in("articles", "u", Value::Null, row, "false");
+            }
+            (_, 0) => {
+                a.live = false;
+                em.event_in("articles", "d", json!({"article_id": a.id}), Value::Null, "false");
+                em.lines.push("null".to_string());
+            }
+            (_, _) => {
+                *deleted = if deleted.is_some() { None } else { Some(ts) };
+                let mut row = blog_row(a, *author, *deleted);
+                row["body"] = TOAST_PLACEHOLDER.into();
+                em.event_in("articles", "u", Value::Null, row, "false");
+            }
+        }
+    }
+    (snapshot, em.lines)
 }

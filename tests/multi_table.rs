@@ -71,6 +71,15 @@ impl Follow {
         }
     }
 
+    /// `kill -9` the run and start it again on the same data directory.
+    fn kill_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("wait");
+        }
+        self.child = Some(spawn_run(&self.dataflow, &self.config, false));
+    }
+
     fn stop(mut self) -> String {
         let child = self.child.take().expect("running");
         let status = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
@@ -261,4 +270,52 @@ fn a_change_to_a_joined_row_costs_only_what_it_changes() {
     assert_eq!(since(c4, c5), Cost::default(), "changes no document sees write nothing");
 
     assert_export_matches(&run.stop(), &expected_export(&s.db, 120).0);
+}
+
+/// A restart reads the file from its start and rebuilds the tables in one pass before any
+/// document is rendered: every document renders as the collection holds it, so nothing is
+/// embedded or written again, and the export is byte for byte the same.
+#[test]
+fn a_restart_rebuilds_the_tables_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("events.jsonl");
+    let (events, db) = random_history(11, 80, 2000);
+    support::tables::write_events(&input, &events);
+    let dataflow = write_dataflow(dir.path(), &input);
+    let config = support::test_config(dir.path(), 2);
+    let first = support::run_until_end(&dataflow, &config, &[]);
+    assert!(first["chunks_embedded"].as_u64().unwrap_or(0) > 0, "{first}");
+    let exported = export(&dataflow, &config, true);
+    assert_export_matches(&without_versions(&exported), &expected_export(&db, 120).0);
+    let second = support::run_until_end(&dataflow, &config, &[]);
+    for k in ["chunks_embedded", "points_upserted", "points_payload_updated", "points_deleted"] {
+        assert_eq!(second[k].as_u64(), Some(0), "{k} after a restart: {second}");
+    }
+    assert_eq!(export(&dataflow, &config, true), exported, "the restart changed the collection");
+}
+
+/// `kill -9` at 5 random moments while a multi-table history is appended: each restart
+/// reads the file from its start, rebuilds the tables and renders the documents against
+/// what the collection holds; the final collection equals the oracle's join.
+#[test]
+fn kill_9_at_random_moments_ends_as_the_oracle_joins_them() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (events, db) = random_history(17, 200, 6000);
+    let (first, rest) = events.split_at(3000);
+    let mut run = Follow::start(dir.path(), 2, first);
+    let kills: std::collections::BTreeSet<usize> = (0..5).map(|_| rng.random_range(0..rest.len() / 50)).collect();
+    for (i, part) in rest.chunks(50).enumerate() {
+        run.append(part);
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..40)));
+        if kills.contains(&i) {
+            run.kill_and_restart();
+        }
+    }
+    // The last run read the file from its start: it has caught up when it acknowledged
+    // every line.
+    run.caught_up();
+    let (expected, _) = expected_export(&db, 120);
+    assert_export_matches(&run.stop(), &expected);
 }

@@ -156,6 +156,7 @@ pub fn dead_letter(data: &[u8]) {
                 assert!(!kind.is_empty());
             }
             Ingested::Record(t) => panic!("a truncate that is not broadcast: {t:?}"),
+            Ingested::Resync { .. } => panic!("a decoder gave a resync marker"),
         },
         more => panic!("one record gave {} items: {more:?}", more.len()),
     }

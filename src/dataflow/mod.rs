@@ -30,6 +30,15 @@ pub enum Ingested {
     },
     /// A record that could not be decoded.
     Dead(DeadLetter),
+    /// The whole source has been read into the tables at this time (a multi-table
+    /// dataflow's first pass): every document the worker's state holds that is not
+    /// rendered at this time is not a document any more and is deleted at `version`. One
+    /// uncounted copy per worker. Without it a restart would keep the points of a
+    /// document whose root row was created and deleted while the process was down.
+    Resync {
+        /// The version the deletes get (the time of the pass).
+        version: u64,
+    },
 }
 
 /// An [`Ingested`] item addressed to a worker (`target % peers`).

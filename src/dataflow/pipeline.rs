@@ -48,6 +48,25 @@ pub struct StageProbes {
     pub sink: ProbeHandle<Time>,
 }
 
+/// Separate the [`crate::dataflow::Ingested::Resync`] markers (for the document state) from
+/// the table rows.
+fn split_resyncs<'scope>(
+    routed: Stream<'scope, Time, Vec<Routed>>,
+) -> (Stream<'scope, Time, Vec<Routed>>, Stream<'scope, Time, Vec<Routed>>) {
+    use crate::dataflow::Ingested;
+    let is_resync = |r: &Routed| matches!(r.item, Ingested::Resync { .. });
+    let pick = |want: bool, name: &str| {
+        routed.clone().unary(Pipeline, name, move |_cap, _info| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    output.session(&cap).give_iterator(data.drain(..).filter(|r| is_resync(r) == want));
+                });
+            }
+        })
+    };
+    (pick(true, "Resyncs"), pick(false, "TableRows"))
+}
+
 /// Assemble the operators after the source; `probes.sink` then reads the sink frontier.
 /// Returns the stream of acknowledged times.
 pub fn build<'scope, W, F>(
@@ -67,9 +86,10 @@ where
     // A multi-table dataflow: rows → tables → documents (joins) before the document state.
     let (docs, table_counters) = match tables {
         Some(model) => {
+            let (resyncs, rows) = split_resyncs(routed);
             let (docs, counters) =
-                routed.upsert_tables("UpsertTables", Rc::clone(&model)).render_documents("RenderDocuments", model);
-            (docs, Some(counters))
+                rows.upsert_tables("UpsertTables", Rc::clone(&model)).render_documents("RenderDocuments", model);
+            (docs.concat(resyncs), Some(counters))
         }
         None => (routed, None),
     };

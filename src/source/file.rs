@@ -18,7 +18,7 @@ use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::{Scope, Stream};
 
 use crate::config::SourceFormat;
-use crate::dataflow::{Routed, Time};
+use crate::dataflow::{Ingested, Routed, Time};
 use crate::source::decode::DecodeSpec;
 use crate::source::{ingest, now_ms, RawRecord, SourceProgress};
 
@@ -143,7 +143,8 @@ pub fn file_source<'scope>(
             let mut routed = Vec::new();
             let mut read = 0;
             let mut eof = false;
-            let limit = if std::mem::take(&mut first_pass) { usize::MAX } else { opts.max_records_per_pass };
+            let whole = std::mem::take(&mut first_pass);
+            let limit = if whole { usize::MAX } else { opts.max_records_per_pass };
             if let Some(r) = reader.as_mut() {
                 while read < limit {
                     // `buf` keeps a line's start read before its end was written.
@@ -191,6 +192,13 @@ pub fn file_source<'scope>(
                 }
             }
             progress.records.fetch_add(read as u64, Ordering::Relaxed);
+            if whole {
+                // Everything the file held is in this pass: tell every worker's document
+                // state (see `Ingested::Resync`).
+                for w in 0..peers {
+                    routed.push(Routed { target: w as u64, counted: false, item: Ingested::Resync { version: time } });
+                }
+            }
             if !routed.is_empty() {
                 output.session(&*c).give_iterator(routed.into_iter());
                 outstanding.push_back(time);

@@ -107,6 +107,7 @@ pub fn process_time(
     // were counted where they were read) is not counted again.
     let mut by_doc: BTreeMap<&DocId, Vec<(&DocChange, bool)>> = BTreeMap::new();
     let mut truncates: Vec<(u64, Version)> = Vec::new();
+    let mut resync: Option<Version> = None;
     for r in &items {
         if r.counted {
             tally.received += 1;
@@ -140,6 +141,7 @@ pub fn process_time(
                 }
             }
             Ingested::Skipped { .. } => tally.noop += 1,
+            Ingested::Resync { version } => resync = Some(resync.map_or(*version, |v: Version| v.max(*version))),
             Ingested::Dead(d) => {
                 tally.dead_lettered += 1;
                 out.push(StateOut::Dead(d.clone()));
@@ -148,6 +150,25 @@ pub fn process_time(
     }
     let mut size_delta = (0i64, 0i64);
     let mut touched: Vec<DocId> = by_doc.keys().map(|d| (*d).clone()).collect();
+    // The documents a resync finds live but not rendered: deleted (uncounted).
+    let mut stale: Vec<DocChange> = Vec::new();
+    if let Some(version) = resync {
+        for (id, s) in docs.iter() {
+            if s.live && !by_doc.contains_key(id) {
+                touched.push(id.clone());
+                stale.push(DocChange {
+                    doc_id: id.clone(),
+                    version: version.max(s.version + 1),
+                    position: u64::MAX,
+                    commit_ts_ms: None,
+                    op: ChangeOp::Delete,
+                    source: None,
+                    table: 0,
+                });
+            }
+        }
+    }
+    let stale: BTreeMap<&DocId, &DocChange> = stale.iter().map(|c| (&c.doc_id, c)).collect();
     if !truncates.is_empty() {
         let max_t = truncates.iter().map(|t| t.1).max();
         for (id, s) in docs.iter() {
@@ -163,6 +184,9 @@ pub fn process_time(
         let mut events: Vec<(u64, Event<'_>)> = truncates.iter().map(|(p, v)| (*p, Event::Truncate(*v))).collect();
         if let Some(cs) = by_doc.get(&doc_id) {
             events.extend(cs.iter().map(|(c, counted)| (c.position, Event::Change(c, *counted))));
+        }
+        if let Some(c) = stale.get(&doc_id) {
+            events.push((c.position, Event::Change(c, false)));
         }
         events.sort_by_key(|e| e.0);
         let mut local_trunc = *truncated_at;
@@ -257,6 +281,7 @@ fn position_of(i: &Ingested) -> u64 {
         Ingested::Record(SourceRecord::Truncate { position, .. }) => *position,
         Ingested::Skipped { position, .. } => *position,
         Ingested::Dead(d) => d.position,
+        Ingested::Resync { .. } => u64::MAX,
     }
 }
 

@@ -169,6 +169,8 @@ pub fn upsert_time(
                 }
             }
             Ingested::Skipped { .. } => tally.noop += 1,
+            // Markers go to the document state directly (`pipeline.rs`).
+            Ingested::Resync { .. } => {}
             Ingested::Dead(d) => {
                 tally.dead_lettered += 1;
                 out.push(TableOut::State(StateOut::Dead(d)));
@@ -188,5 +190,6 @@ fn position_of(i: &Ingested) -> u64 {
         Ingested::Record(SourceRecord::Truncate { position, .. }) => *position,
         Ingested::Skipped { position, .. } => *position,
         Ingested::Dead(d) => d.position,
+        Ingested::Resync { .. } => u64::MAX,
     }
 }
