@@ -57,6 +57,9 @@ pub struct DocModel {
     child_cols: Vec<(usize, usize, Option<usize>)>,
     /// The document fields the text and metadata read.
     used: Vec<String>,
+    /// Per table: the cells that name another row (a lookup's `on`, a child's `parent`),
+    /// with the column's name.
+    join_cols: Vec<Vec<(usize, String)>>,
 }
 
 impl DocModel {
@@ -71,7 +74,7 @@ impl DocModel {
             let from_table = from.map_or(spec.root, |i| table_of(&spec.lookups[i].table));
             lookup_on.push((from, col(from_table, &l.on)));
         }
-        let child_cols = spec
+        let child_cols: Vec<(usize, usize, Option<usize>)> = spec
             .children
             .iter()
             .map(|c| {
@@ -79,7 +82,15 @@ impl DocModel {
                 (col(t, &c.parent), col(t, &c.value), c.order_by.as_deref().map(|o| col(t, o)))
             })
             .collect();
-        Self { spec, columns, lookup_on, child_cols, used }
+        let mut join_cols: Vec<Vec<(usize, String)>> = vec![Vec::new(); spec.tables.len()];
+        for (l, (from, on)) in spec.lookups.iter().zip(&lookup_on) {
+            let t = from.map_or(spec.root, |i| table_of(&spec.lookups[i].table));
+            join_cols[t].push((*on, l.on.clone()));
+        }
+        for (c, (parent, _, _)) in spec.children.iter().zip(&child_cols) {
+            join_cols[table_of(&c.table)].push((*parent, c.parent.clone()));
+        }
+        Self { spec, columns, lookup_on, child_cols, used, join_cols }
     }
 
     /// The model of a dataflow with `document.root` (None without).
@@ -170,6 +181,19 @@ impl DocModel {
                                 })
                             }
                         },
+                    }
+                }
+                for (i, column) in self.join_cols.get(table).into_iter().flatten() {
+                    let cell = cells.get(*i).map_or("null", String::as_str);
+                    if cell != "null" && Self::key_of(cell).is_none() {
+                        return RowOutcome::Rejected(Rejection {
+                            reason: "wrong_type",
+                            message: format!(
+                                "column `{column}` of table `{}` names a row by its key (a string, integer or \
+                                 boolean) but holds {cell}",
+                                self.table_name(table)
+                            ),
+                        });
                     }
                 }
                 Some(cells)
@@ -268,4 +292,90 @@ pub enum Part {
     Lookup(u16, Cells),
     /// A child row of a collection (by index): its order value, its key, its value (JSON).
     Child(u16, String, String, String),
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::DataflowSpec;
+    use crate::model::DocId;
+
+    fn change(table: u16, key: &str, version: Version, cols: &[(&str, &str)]) -> DocChange {
+        let op = if cols.is_empty() {
+            ChangeOp::Delete
+        } else {
+            ChangeOp::Upsert(
+                cols.iter()
+                    .map(|(k, v)| {
+                        let v = if *v == "TOAST" {
+                            FieldValue::Unchanged
+                        } else {
+                            FieldValue::Value(serde_json::from_str(v).unwrap())
+                        };
+                        (k.to_string(), v)
+                    })
+                    .collect(),
+            )
+        };
+        DocChange { doc_id: DocId(key.into()), version, position: version, commit_ts_ms: None, op, source: None, table }
+    }
+
+    #[test]
+    fn a_row_keeps_its_columns_resolves_toast_and_ignores_older_versions() {
+        let m = DocModel::for_spec(&DataflowSpec::multi_table_example_for_tests()).unwrap();
+        let mut s = None;
+        let first = change(0, "1", 10, &[("article_id", "1"), ("title", "\"T\""), ("body", "\"B\""), ("extra", "5")]);
+        let RowOutcome::Changed { before: None, after: Some(cells) } = m.upsert(0, &mut s, &first) else { panic!() };
+        // article_id, title, body, status (absent: null), author_id (absent: null); `extra` dropped.
+        assert_eq!(cells, ["1", "\"T\"", "\"B\"", "null", "null"]);
+        let toast = change(0, "1", 12, &[("article_id", "1"), ("title", "\"U\""), ("body", "TOAST")]);
+        let RowOutcome::Changed { after: Some(cells), .. } = m.upsert(0, &mut s, &toast) else { panic!() };
+        assert_eq!(cells[2], "\"B\"", "the placeholder takes the stored value");
+        assert_eq!(m.upsert(0, &mut s, &first), RowOutcome::Superseded);
+        let delete = change(0, "1", 13, &[]);
+        assert!(matches!(m.upsert(0, &mut s, &delete), RowOutcome::Changed { after: None, .. }));
+        assert_eq!(m.upsert(0, &mut s, &toast), RowOutcome::Superseded, "the tombstone keeps older rows out");
+        let mut fresh = None;
+        let RowOutcome::Rejected(r) = m.upsert(0, &mut fresh, &toast) else { panic!() };
+        assert_eq!(r.reason, "toast_without_previous");
+    }
+
+    #[test]
+    fn a_join_column_of_the_wrong_type_is_rejected_naming_it() {
+        let m = DocModel::for_spec(&DataflowSpec::multi_table_example_for_tests()).unwrap();
+        for (table, cols) in [
+            (0u16, vec![("article_id", "1"), ("author_id", "{\"id\": 7}")]),
+            (2, vec![("id", "3"), ("article_id", "1.5"), ("tag", "\"x\"")]),
+        ] {
+            let RowOutcome::Rejected(r) = m.upsert(table as usize, &mut None, &change(table, "1", 5, &cols)) else {
+                panic!("{cols:?}")
+            };
+            assert_eq!(r.reason, "wrong_type");
+            assert!(r.message.contains("column `"), "{}", r.message);
+        }
+        // A null foreign key is a row that names nothing, not an error.
+        let ok = change(2, "4", 5, &[("id", "4"), ("article_id", "null"), ("tag", "\"x\"")]);
+        assert!(matches!(m.upsert(2, &mut None, &ok), RowOutcome::Changed { .. }));
+    }
+
+    #[test]
+    fn a_document_needs_its_root_and_required_lookup_and_passes_the_filter() {
+        let m = DocModel::for_spec(&DataflowSpec::multi_table_example_for_tests()).unwrap();
+        let root = |status: &str| {
+            Part::Root(vec!["1".into(), "\"T\"".into(), "\"B\"".into(), format!("\"{status}\""), "7".into()])
+        };
+        let author = Part::Lookup(0, vec!["7".into(), "\"Ada\"".into()]);
+        let tag = |k: &str, v: &str| Part::Child(0, String::new(), k.into(), format!("\"{v}\""));
+        let (r, t10, t9) = (root("published"), tag("10", "b"), tag("9", "a"));
+        let doc = m.assemble(&[&r, &author, &t10, &t9]).unwrap();
+        let get = |f: &str| doc.iter().find(|(k, _)| k == f).map(|(_, v)| v.clone());
+        // Children without `order_by` are ordered by their keys as text: "10" before "9".
+        assert_eq!(get("tags").as_deref(), Some("[\"b\",\"a\"]"));
+        assert_eq!(get("author.name").as_deref(), Some("\"Ada\""));
+        assert!(m.assemble(&[&author, &t10]).is_none(), "no root row");
+        assert!(m.assemble(&[&r, &t10]).is_none(), "the required author is missing");
+        let draft = root("draft");
+        assert!(m.assemble(&[&draft, &author]).is_none(), "the filter does not hold");
+    }
 }
