@@ -235,6 +235,19 @@ impl Emitter {
     }
 }
 
+/// The plan's changes in random order: 0 = edit, 1 = flip, 2 = delete.
+fn shuffled_ops(plan: &Plan, rng: &mut ChaCha8Rng) -> Vec<u8> {
+    let mut ops: Vec<u8> = Vec::new();
+    ops.extend(std::iter::repeat_n(0u8, plan.edits));
+    ops.extend(std::iter::repeat_n(1u8, plan.flips));
+    ops.extend(std::iter::repeat_n(2u8, plan.deletes));
+    for i in (1..ops.len()).rev() {
+        let j = rng.random_range(0..=i);
+        ops.swap(i, j);
+    }
+    ops
+}
+
 fn new_article(rng: &mut ChaCha8Rng, id: u64, ts: u64) -> Article {
     let topic = rng.random_range(0..TOPICS.len());
     let t = &TOPICS[topic];
@@ -287,14 +300,7 @@ pub fn generate(plan: &Plan) -> (Vec<String>, Vec<String>) {
         em.event("u", Value::Null, row, "false");
     }
     // Interleave the random changes.
-    let mut ops: Vec<u8> = Vec::new();
-    ops.extend(std::iter::repeat_n(0u8, plan.edits));
-    ops.extend(std::iter::repeat_n(1u8, plan.flips));
-    ops.extend(std::iter::repeat_n(2u8, plan.deletes));
-    for i in (1..ops.len()).rev() {
-        let j = rng.random_range(0..=i);
-        ops.swap(i, j);
-    }
+    let ops = shuffled_ops(plan, &mut rng);
     let live_count = |arts: &[Article]| arts.iter().filter(|a| a.live).count();
     for op in ops {
         if live_count(&arts) == 0 {
@@ -455,14 +461,7 @@ pub fn generate_blog(plan: &Plan) -> (Vec<String>, Vec<String>) {
         em.event_in("article_acl", "d", json!({"id": row.0}), Value::Null, "false");
         em.lines.push("null".to_string());
     }
-    let mut ops: Vec<u8> = Vec::new();
-    ops.extend(std::iter::repeat_n(0u8, plan.edits));
-    ops.extend(std::iter::repeat_n(1u8, plan.flips));
-    ops.extend(std::iter::repeat_n(2u8, plan.deletes));
-    for i in (1..ops.len()).rev() {
-        let j = rng.random_range(0..=i);
-        ops.swap(i, j);
-    }
+    let ops = shuffled_ops(plan, &mut rng);
     for op in ops {
         let i = rng.random_range(0..arts.len());
         let ts = em.ts_ms;

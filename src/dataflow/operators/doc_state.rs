@@ -202,16 +202,7 @@ pub fn process_time(
                         // It cannot be indexed as it is now: no stale point of it stays.
                         let delete = DocChange { op: ChangeOp::Delete, ..(*c).clone() };
                         shape.apply(&mut cur, &mut pending, &delete, local_trunc);
-                        out.push(StateOut::Dead(DeadLetter {
-                            origin: None,
-                            position: c.position,
-                            stage: "document".into(),
-                            reason: r.reason.into(),
-                            error: r.message,
-                            doc_id: Some(c.doc_id.0.clone()),
-                            record_excerpt: None,
-                            record_bytes: None,
-                        }));
+                        out.push(StateOut::Dead(rejected(c, r)));
                     }
                 }
                 Event::Change(c, true) => match shape.apply(&mut cur, &mut pending, c, local_trunc) {
@@ -231,16 +222,7 @@ pub fn process_time(
                     Outcome::Superseded => tally.superseded += 1,
                     Outcome::Rejected(r) => {
                         tally.dead_lettered += 1;
-                        out.push(StateOut::Dead(DeadLetter {
-                            origin: c.origin(),
-                            position: c.position,
-                            stage: "document".into(),
-                            reason: r.reason.into(),
-                            error: r.message,
-                            doc_id: Some(c.doc_id.0.clone()),
-                            record_excerpt: None,
-                            record_bytes: None,
-                        }));
+                        out.push(StateOut::Dead(rejected(c, r)));
                     }
                 },
             }
@@ -273,6 +255,20 @@ pub fn process_time(
     }
     out.push(StateOut::Tally(tally));
     out
+}
+
+/// The dead letter of a change the document stage rejected.
+fn rejected(c: &DocChange, r: crate::dataflow::state::Rejection) -> DeadLetter {
+    DeadLetter {
+        origin: c.origin(),
+        position: c.position,
+        stage: "document".into(),
+        reason: r.reason.into(),
+        error: r.message,
+        doc_id: Some(c.doc_id.0.clone()),
+        record_excerpt: None,
+        record_bytes: None,
+    }
 }
 
 fn position_of(i: &Ingested) -> u64 {
