@@ -356,7 +356,7 @@ fn real_main() -> Result<()> {
             let start = if from.from_beginning {
                 StartPosition::Beginning
             } else if let Some(o) = &from.from_offsets {
-                StartPosition::parse_offsets(o, &spec.source.topics)?
+                StartPosition::parse_offsets(o, &spec.topics())?
             } else if let Some(t) = &from.from_timestamp {
                 let at = humantime::parse_rfc3339_weak(t).with_context(|| {
                     format!("--from-timestamp {t:?} is not an RFC 3339 time (2026-11-22T08:00:00Z)")

@@ -319,3 +319,152 @@ fn kill_9_at_random_moments_ends_as_the_oracle_joins_them() {
     let (expected, _) = expected_export(&db, 120);
     assert_export_matches(&run.stop(), &expected);
 }
+
+/// Kafka (issue 17): one topic per table, 4 partitions each, Debezium's records (keyed by the
+/// row key, a tombstone after each delete); `freshet run` (2 workers) killed with SIGKILL at
+/// 5 random moments while the history is produced. After each kill, the table state on
+/// disk holds every row at least at the version of its last event below the committed
+/// offsets (the offsets are never ahead of the durable state, which is never behind the
+/// collection); each restart resumes from the committed offsets (it receives exactly the
+/// records after them: no topic is read from its beginning); the final collection equals
+/// the oracle's join of the final tables; a clean restart then writes nothing.
+#[test]
+fn kafka_one_topic_per_table_survives_kill_9_and_resumes_from_committed_offsets() {
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeMap;
+    use support::kafka::{committed, create_topic, kafka_config, produce_records, Broker};
+    const PARTITIONS: i32 = 4;
+    let broker = Broker::start();
+    let topic = |t: &str| broker.topic(t);
+    for t in TABLES {
+        create_topic(&broker.bootstrap, &topic(t), PARTITIONS);
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(29);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (events, db) = random_history(29, 150, 4000);
+    let dataflow = support::tables::write_kafka_dataflow(dir.path(), &topic);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let group = broker.group("multi");
+    let config = kafka_config(
+        dir.path(),
+        "multi-kafka",
+        2,
+        &broker.bootstrap,
+        &group,
+        &format!("metrics_addr = \"127.0.0.1:{port}\"\n"),
+    );
+    // Every record produced, with its offset: (topic, partition, offset) → (table, key, lsn).
+    let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    type Produced = (String, i32, i64, Option<(&'static str, u64, u64)>);
+    let mut produced: Vec<Produced> = Vec::new();
+    let mut produce = |evs: &[RowEv], produced: &mut Vec<_>| {
+        let mut records = Vec::new();
+        for e in evs {
+            for r in e.records(&topic, PARTITIONS) {
+                let o = offsets.entry((r.0.clone(), r.1)).or_insert(0);
+                produced.push((r.0.clone(), r.1, *o, r.3.is_some().then_some((e.table, e.key, e.lsn))));
+                *o += 1;
+                records.push(r);
+            }
+        }
+        produce_records(&broker.bootstrap, &records);
+    };
+    // Wait until this run has received `want` records and acknowledged all of them.
+    let caught_up = |want: usize| {
+        let start = Instant::now();
+        loop {
+            let m = get_metrics(port).unwrap_or_default();
+            let got = metric(&m, "freshet_events_received_total").unwrap_or(0.0) as usize;
+            let acked = metric_sum(&m, "freshet_events_total{") as usize;
+            if got == want && acked == want {
+                return m;
+            }
+            assert!(got <= want, "the run received {got} records, {want} were after the committed offsets");
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "not caught up: received {got} of {want}, acknowledged {acked}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut n_log = 0;
+    let mut spawn = || {
+        n_log += 1;
+        support::spawn_run_logged(&dataflow, &config, &dir.path().join(format!("run-{n_log}.log")))
+    };
+    let (first, rest) = events.split_at(1500);
+    produce(first, &mut produced);
+    let mut child = spawn();
+    caught_up(produced.len());
+    let chunks: Vec<&[RowEv]> = rest.chunks(100).collect();
+    let kills: std::collections::BTreeSet<usize> = (0..5).map(|_| rng.random_range(0..chunks.len())).collect();
+    let mut resumed_at = 0usize;
+    for (i, part) in chunks.iter().enumerate() {
+        produce(part, &mut produced);
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
+        if !kills.contains(&i) {
+            continue;
+        }
+        child.kill().expect("kill -9");
+        child.wait().expect("wait");
+        // The durable table state against the committed offsets.
+        let committed: BTreeMap<(String, i32), i64> = TABLES
+            .iter()
+            .flat_map(|t| {
+                committed(&broker.bootstrap, &group, &topic(t), PARTITIONS).into_iter().map(|(p, o)| ((topic(t), p), o))
+            })
+            .collect();
+        let store = std::fs::read_dir(dir.path().join("data/state"))
+            .expect("state dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".tables.redb"))
+            .expect("a table state file");
+        let collection =
+            store.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".tables.redb")).unwrap_or_default();
+        let opened = freshet::runtime::table_store::TableStore::open(&dir.path().join("data"), collection, 1, 0, 1, 1)
+            .expect("open the table state");
+        let stored: BTreeMap<(u16, String), u64> =
+            opened.rows.into_iter().flatten().map(|(t, k, r)| ((t, k), r.version)).collect();
+        drop(opened.store);
+        let mut behind = Vec::new();
+        let mut below = 0usize;
+        for (t, p, o, row) in &produced {
+            if *o >= committed.get(&(t.clone(), *p)).copied().unwrap_or(-1).max(0) {
+                continue;
+            }
+            below += 1;
+            if let Some((table, key, lsn)) = row {
+                let ti = TABLES.iter().position(|x| x == table).expect("a table") as u16;
+                if stored.get(&(ti, key.to_string())).is_none_or(|v| v < lsn) {
+                    behind.push(format!("{table}:{key}@{lsn}"));
+                }
+            }
+        }
+        assert!(
+            behind.is_empty(),
+            "kill {i}: {} row events below the committed offsets but not in the table state, e.g. {:?}",
+            behind.len(),
+            &behind[..behind.len().min(20)]
+        );
+        assert!(below > 0, "kill {i}: offsets were committed before the kill");
+        // The restart receives exactly the records after the committed offsets.
+        resumed_at = below;
+        child = spawn();
+        caught_up(produced.len() - resumed_at);
+    }
+    caught_up(produced.len() - resumed_at);
+    let status = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    assert!(status.is_ok_and(|s| s.success()));
+    assert!(child.wait().expect("wait").success(), "freshet did not stop cleanly");
+    let exported = export(&dataflow, &config, true);
+    let (expected, _) = expected_export(&db, 120);
+    assert!(expected.len() > 50, "the history leaves documents: {}", expected.len());
+    assert_export_matches(&without_versions(&exported), &expected);
+    // A clean restart: every document rendered from the stored tables, nothing written.
+    let again = support::run_until_end(&dataflow, &config, &[]);
+    for k in ["chunks_embedded", "points_upserted", "points_payload_updated", "points_deleted"] {
+        assert_eq!(again[k].as_u64(), Some(0), "{k} after a clean restart: {again}");
+    }
+    assert_eq!(export(&dataflow, &config, true), exported, "the clean restart changed the collection");
+}

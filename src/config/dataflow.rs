@@ -528,8 +528,10 @@ impl DataflowSpec {
             return Err(bad("`source.path` is required for a file source".into()));
         }
         if self.source.kind == SourceKind::Kafka {
-            if self.source.topics.is_empty() {
-                return Err(bad("`source.topics` must name at least one topic for a kafka source".into()));
+            if self.topics().is_empty() {
+                return Err(bad(
+                    "`source.topics` (or `[[tables]] topics`) must name at least one topic for a kafka source".into(),
+                ));
             }
             if self.source.path.is_some() || self.source.key_separator.is_some() {
                 return Err(bad("`source.path` and `source.key_separator` are for file sources only".into()));
@@ -623,6 +625,17 @@ impl DataflowSpec {
         spec.validate(Path::new("multi_table_example")).unwrap_or_else(|e| panic!("multi-table example spec: {e}"))
     }
 
+    /// The topics a Kafka source reads: `source.topics`, then each table's `topics`, once each.
+    pub fn topics(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for t in self.source.topics.iter().chain(self.tables.iter().flat_map(|t| t.topics.iter())) {
+            if !out.contains(t) {
+                out.push(t.clone());
+            }
+        }
+        out
+    }
+
     /// The multi-table model when `document.root` is set (validated at load).
     pub fn multi_table(&self) -> Option<MultiTable> {
         self.multi_table_checked().ok()
@@ -650,11 +663,10 @@ impl DataflowSpec {
         if self.document.version.is_some() || self.source.table.is_some() {
             return Err("with `document.root`, each [[tables]] entry has its own `table` and `version`: remove `document.version` and `source.table`".into());
         }
-        if self.source.kind == SourceKind::Kafka {
-            return Err("a multi-table dataflow reads a file source in this version: on Kafka a restart resumes from \
-                        committed offsets, and the table state it needs to render documents is not yet kept across \
-                        restarts"
-                .into());
+        if self.source.kind == SourceKind::File && m.tables.iter().any(|t| !t.topics.is_empty()) {
+            return Err(
+                "`[[tables]] topics` is for a kafka source (a file source's tables are told apart by `table`)".into()
+            );
         }
         if self.source.format != SourceFormat::DebeziumJson {
             return Err("a multi-table dataflow reads Debezium events (`format = \"debezium-json\"`): the table of a record comes from its envelope".into());
@@ -752,7 +764,7 @@ mod tests {
             ("root = \"articles\"", "root = \"posts\"", "`posts`, which is not one of [[tables]]"),
             ("on = \"author_id\"", "on = \"writer_id\"", "`on = \"writer_id\"` is not a column"),
             ("value = \"tag\"", "value = \"label\"", "`value = \"label\"` is not a column"),
-            ("kind = \"file\"", "kind = \"kafka\"\ntopics = [\"t\"]", "reads a file source"),
+            ("table = \"public.articles\"", "table = \"public.articles\"\ntopics = [\"t\"]", "is for a kafka source"),
         ] {
             let broken = text.replacen(from, to, 1);
             assert_ne!(broken, text, "{from}");
@@ -760,6 +772,17 @@ mod tests {
             let err = spec.validate(&path).expect_err(says).to_string();
             assert!(err.contains(says), "{says}: {err}");
         }
+        // On Kafka, the topics are the tables' (one topic per table, Debezium's layout).
+        let mut on_kafka = text.replacen("kind = \"file\"", "kind = \"kafka\"", 1);
+        for t in ["articles", "authors", "article_tags", "article_acl"] {
+            let from = format!("table = \"public.{t}\"");
+            on_kafka = on_kafka.replacen(&from, &format!("{from}\ntopics = [\"app.public.{t}\"]"), 1);
+        }
+        on_kafka = on_kafka.replacen("path = \"", "# path = \"", 1);
+        let spec: DataflowSpec = parse_toml(&path, &on_kafka).expect("parses");
+        let spec = spec.validate(&path).expect("a multi-table dataflow on kafka");
+        assert_eq!(spec.topics().len(), 4);
+        assert!(spec.topics().contains(&"app.public.article_acl".to_string()));
         let no_root = text.replacen("root = \"articles\"", "", 1);
         let spec: DataflowSpec = parse_toml(&path, &no_root).expect("parses");
         assert!(spec.validate(&path).expect_err("tables without a root").to_string().contains("need `document.root`"));

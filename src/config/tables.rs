@@ -46,6 +46,11 @@ pub struct TableSpec {
     /// The source table (`schema.table` or `table`, Debezium's `source`): events of this
     /// table are this table's rows.
     pub table: String,
+    /// For a Kafka source: the topic(s) this table's events are on (Debezium's layout: one
+    /// topic per table, `<prefix>.<schema>.<table>`). Read in addition to `source.topics`;
+    /// a record's table is still the one its envelope names.
+    #[serde(default)]
+    pub topics: Vec<String>,
     /// Key column(s) (composite keys are joined with `/`, as document ids are).
     pub key: Vec<String>,
     /// Envelope path of the row version (`source.lsn`); events without it use their source

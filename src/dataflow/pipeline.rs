@@ -1,6 +1,6 @@
 //! Build the pipeline's dataflow from a source stream:
-//! `routed records → [upsert_tables → render_documents, for documents built from several
-//! tables] → doc_state (exchange by doc_id) → write_index (embed + sink, capability
+//! `routed records → [upsert_tables (persisted, restored) → render_documents, for documents
+//! built from several tables] → doc_state (exchange by doc_id) → write_index (embed + sink, capability
 //! held until acknowledged) → probe` — the probe's frontier is the sink frontier.
 //! Beside it, the state's size changes form a differential collection whose `count_total`
 //! maintains the exact number of live documents and chunks the index converges to.
@@ -18,10 +18,10 @@ use timely::scheduling::SyncActivator;
 
 use crate::dataflow::operators::doc_state::{DocStateExt, InitialState};
 use crate::dataflow::operators::render_documents::RenderDocumentsExt;
-use crate::dataflow::operators::upsert_tables::UpsertTablesExt;
+use crate::dataflow::operators::upsert_tables::{TableOut, UpsertTablesExt};
 use crate::dataflow::operators::write_index::{Acked, IndexWriter, WriteIndexExt};
 use crate::dataflow::state::DocShape;
-use crate::dataflow::tables::DocModel;
+use crate::dataflow::tables::{DocModel, TableState};
 use crate::dataflow::{Routed, StateOut, Time};
 
 /// Which size a [`SizeObserver`] is told about.
@@ -67,12 +67,33 @@ fn split_resyncs<'scope>(
     (pick(true, "Resyncs"), pick(false, "TableRows"))
 }
 
+/// The resync of restored tables ([`TableOut::Resync`]), as a marker for this worker's
+/// document state.
+fn restored_resyncs<'scope>(tables: Stream<'scope, Time, Vec<TableOut>>) -> Stream<'scope, Time, Vec<Routed>> {
+    use crate::dataflow::Ingested;
+    let index = tables.scope().index() as u64;
+    tables.unary(Pipeline, "RestoredResync", move |_cap, _info| {
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let resyncs = data.iter().filter_map(|o| match o {
+                    TableOut::Resync(version) => {
+                        Some(Routed { target: index, counted: false, item: Ingested::Resync { version: *version } })
+                    }
+                    _ => None,
+                });
+                output.session(&cap).give_iterator(resyncs);
+            });
+        }
+    })
+}
+
 /// Assemble the operators after the source; `probes.sink` then reads the sink frontier.
 /// Returns the stream of acknowledged times.
 pub fn build<'scope, W, F>(
     routed: Stream<'scope, Time, Vec<Routed>>,
     shape: Rc<DocShape>,
     tables: Option<Rc<DocModel>>,
+    table_state: Option<TableState>,
     initial: InitialState,
     make_writer: F,
     probes: &StageProbes,
@@ -87,9 +108,10 @@ where
     let (docs, table_counters) = match tables {
         Some(model) => {
             let (resyncs, rows) = split_resyncs(routed);
-            let (docs, counters) =
-                rows.upsert_tables("UpsertTables", Rc::clone(&model)).render_documents("RenderDocuments", model);
-            (docs.concat(resyncs), Some(counters))
+            let upserted = rows.upsert_tables("UpsertTables", Rc::clone(&model), table_state);
+            let restored = restored_resyncs(upserted.clone());
+            let (docs, counters) = upserted.render_documents("RenderDocuments", model);
+            (docs.concat(resyncs).concat(restored), Some(counters))
         }
         None => (routed, None),
     };

@@ -28,6 +28,40 @@ pub struct RowState {
     pub cells: Option<Cells>,
 }
 
+/// Where the rows of a multi-table dataflow's tables are kept across restarts (the runtime's
+/// `TableStore`, a redb file under the data directory). `upsert_tables` persists each
+/// time's changed rows before it emits them, so the table state is never behind what the
+/// index holds, and a source position (committed only once the sink has passed it) is
+/// never ahead of the durable state.
+pub trait RowStore: Send + Sync {
+    /// Make these rows' states durable (one transaction) before returning.
+    fn persist(&self, rows: &[(u16, &str, &RowState)]) -> Result<(), String>;
+}
+
+/// A worker's table state at start: its rows as stored by the previous run, and where to
+/// persist the changes. Given only to a dataflow whose source resumes from committed
+/// positions (Kafka): at the first time, every restored row is emitted, every document
+/// rendered, and the documents the index holds but the tables no longer render are
+/// deleted (a resync).
+pub struct TableState {
+    /// The store.
+    pub store: std::sync::Arc<dyn RowStore>,
+    /// The rows this worker owns: (table, key, state), tombstones included.
+    pub rows: Vec<(u16, String, RowState)>,
+    /// The version the restored documents get (the start time in ms: newer than anything
+    /// the previous run wrote, older than anything this run reads).
+    pub restore_version: Version,
+}
+
+impl std::fmt::Debug for TableState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableState")
+            .field("rows", &self.rows.len())
+            .field("restore_version", &self.restore_version)
+            .finish()
+    }
+}
+
 /// What folding one event into a table did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RowOutcome {
@@ -60,6 +94,8 @@ pub struct DocModel {
     /// Per table: the cells that name another row (a lookup's `on`, a child's `parent`),
     /// with the column's name.
     join_cols: Vec<Vec<(usize, String)>>,
+    /// The least version a rendered document gets (see [`DocModel::with_first_version`]).
+    first_version: Version,
 }
 
 impl DocModel {
@@ -90,7 +126,7 @@ impl DocModel {
         for (c, (parent, _, _)) in spec.children.iter().zip(&child_cols) {
             join_cols[table_of(&c.table)].push((*parent, c.parent.clone()));
         }
-        Self { spec, columns, lookup_on, child_cols, used, join_cols }
+        Self { spec, columns, lookup_on, child_cols, used, join_cols, first_version: 0 }
     }
 
     /// The model of a dataflow with `document.root` (None without).
@@ -103,6 +139,18 @@ impl DocModel {
             }
         }
         Some(Self::new(m, used))
+    }
+
+    /// Rendered documents get at least version `v`: a restart that renders the restored
+    /// tables at time 0 gives them the start time, newer than what the index holds.
+    pub fn with_first_version(mut self, v: Version) -> Self {
+        self.first_version = v;
+        self
+    }
+
+    /// A document rendered at `time` has this version.
+    pub fn version_at(&self, time: u64) -> Version {
+        time.max(self.first_version)
     }
 
     /// The checked spec.

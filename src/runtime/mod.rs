@@ -11,6 +11,7 @@ pub mod reconcile;
 pub mod reindex;
 pub mod safety;
 pub mod store;
+pub mod table_store;
 pub mod verify;
 pub mod writer;
 
@@ -28,6 +29,7 @@ use crate::config::{DataflowSpec, EmbedderKind, EmbedderSpec, RuntimeConfig};
 use crate::dataflow::operators::doc_state::InitialState;
 use crate::dataflow::pipeline::{SizeKind, SizeObserver, StageProbes};
 use crate::dataflow::state::DocShape;
+use crate::dataflow::tables::TableState;
 use crate::dataflow::{Tally, Time};
 use crate::embed::batcher::{BatchOptions, EmbedService};
 use crate::embed::hash::HashEmbedder;
@@ -288,6 +290,13 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     if replay.is_some() && spec.source.kind != SourceKind::Kafka {
         return Err(RuntimeError::Config("`replay` needs a kafka source".into()));
     }
+    if (replay.is_some() || mirror.is_some()) && spec.document.root.is_some() {
+        return Err(RuntimeError::Config(
+            "`replay` and `reindex` of a multi-table dataflow are not built yet: its table state belongs to the \
+             live run (run it, or start a new collection from the topics' beginning)"
+                .into(),
+        ));
+    }
     // Where each Kafka partition starts (asked before anything else opens).
     let kafka_plan = match spec.source.kind {
         SourceKind::File => None,
@@ -298,7 +307,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
                 ));
             };
             let from = replay.as_ref().map_or(StartPosition::Committed, |r| r.from.clone());
-            let p = plan(k, &spec.source.topics, &from, until_end || replay.is_some())?;
+            let p = plan(k, &spec.topics(), &from, until_end || replay.is_some())?;
             for pp in &p {
                 tracing::info!(topic = %pp.topic, partition = pp.partition, start = pp.start, end = ?pp.end, high_watermark = pp.high_watermark, "partition planned");
             }
@@ -365,6 +374,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     if !suspects.is_empty() {
         inflight.done(store::InflightLog::CARRIED).map_err(io("updating the in-flight write log"))?;
     }
+    let table_states = open_table_state(&spec, &config, &physical, &boot, cluster.as_ref(), peers)?;
     let dead_letters = Arc::new(DeadLetterLog::open(&config.data_dir).map_err(io("opening the dead-letter file"))?);
     metrics.dead_letters_before.store(dead_letters.count_existing(), Ordering::Relaxed);
 
@@ -481,6 +491,10 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     };
     let inits: Arc<Mutex<Vec<Option<InitialState>>>> =
         Arc::new(Mutex::new(boot.workers.into_iter().map(Some).collect()));
+    let first_version = table_states.as_ref().map_or(0, |(v, _)| *v);
+    let first_worker = cluster.as_ref().map_or(0, |c| c.process * config.workers);
+    let table_states: Arc<Mutex<Vec<Option<TableState>>>> =
+        Arc::new(Mutex::new(table_states.map(|(_, s)| s.into_iter().map(Some).collect()).unwrap_or_default()));
     let handle = rt.handle().clone();
     let spec_w = spec.clone();
     let metrics_w = Arc::clone(&metrics);
@@ -538,7 +552,12 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         let index = worker.index();
         let init = inits.lock().ok().and_then(|mut v| v.get_mut(index).and_then(Option::take)).unwrap_or_default();
         let shape = Rc::new(DocShape::new(&spec_w));
-        let tables = crate::dataflow::tables::DocModel::for_spec(&spec_w).map(Rc::new);
+        let tables =
+            crate::dataflow::tables::DocModel::for_spec(&spec_w).map(|m| Rc::new(m.with_first_version(first_version)));
+        let table_state = table_states
+            .lock()
+            .ok()
+            .and_then(|mut v| v.get_mut(index.saturating_sub(first_worker)).and_then(Option::take));
         let shared = Arc::clone(&shared);
         let handle = handle.clone();
         let progress = Arc::clone(&progress_w);
@@ -564,6 +583,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
                 routed,
                 shape,
                 tables,
+                table_state,
                 init,
                 move |activator| RuntimeWriter::start(shared, &handle, activator),
                 &probes_d,
@@ -616,6 +636,51 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         return Err(RuntimeError::Source(e));
     }
     Ok(totals)
+}
+
+/// The table state of a multi-table dataflow on Kafka ([`table_store`]): the start time
+/// (the restored documents' version) and each local worker's restored rows. None for other
+/// dataflows (a file source re-reads its whole file at start).
+fn open_table_state(
+    spec: &DataflowSpec,
+    config: &RuntimeConfig,
+    collection: &str,
+    boot: &bootstrap::Bootstrap,
+    cluster: Option<&ClusterPlace>,
+    peers: usize,
+) -> Result<Option<(u64, Vec<TableState>)>, RuntimeError> {
+    if spec.document.root.is_none() || spec.source.kind != SourceKind::Kafka {
+        return Ok(None);
+    }
+    let path = table_store::path(&config.data_dir, collection);
+    if !path.exists() && boot.points > 0 {
+        return Err(RuntimeError::Config(format!(
+            "collection `{collection}` holds {} points but its table state {} is missing: the documents cannot be \
+             rendered from the committed offsets on. Use a new collection (or delete this one) and read the \
+             topics from the beginning (a new consumer group, or `kafka.start_from = \"beginning\"`)",
+            boot.points,
+            path.display()
+        )));
+    }
+    let processes = cluster.map_or(1, |c| c.addresses.len());
+    let first_worker = cluster.map_or(0, |c| c.process * config.workers);
+    let started = Instant::now();
+    let opened =
+        table_store::TableStore::open(&config.data_dir, collection, processes, first_worker, config.workers, peers)
+            .map_err(|e| RuntimeError::Config(format!("table state: {e}")))?;
+    tracing::info!(
+        path = %path.display(),
+        rows = opened.row_count,
+        bytes = opened.store.file_bytes(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        created = opened.created,
+        "table state loaded"
+    );
+    let store: Arc<dyn crate::dataflow::tables::RowStore> = Arc::new(opened.store);
+    let restore_version = now_ms();
+    let states =
+        opened.rows.into_iter().map(|rows| TableState { store: Arc::clone(&store), rows, restore_version }).collect();
+    Ok(Some((restore_version, states)))
 }
 
 /// Whether the pipeline is working, for the background optimiser.

@@ -235,6 +235,56 @@ pub fn produce_batched(bootstrap: &str, topic: &str, partitions: i32, events: &[
     out
 }
 
+/// One record to produce: (topic, partition, key, value — None: a tombstone).
+pub type Record = (String, i32, String, Option<String>);
+
+/// Produce `records` in order (batched; every delivery must succeed: the producer is
+/// flushed and each partition's high watermark checked against what was sent).
+pub fn produce_records(bootstrap: &str, records: &[Record]) {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    let mut sent: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut base: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for (topic, partition, key, value) in records {
+        base.entry((topic.clone(), *partition)).or_insert_with(|| {
+            let c = consumer(bootstrap, "freshet-test-probe");
+            c.fetch_watermarks(topic, *partition, Duration::from_secs(10)).expect("watermarks").1
+        });
+        let mut rec: BaseRecord<'_, String, String> = BaseRecord::to(topic).partition(*partition).key(key);
+        if let Some(v) = value {
+            rec = rec.payload(v);
+        }
+        let mut rec = rec;
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((e, r)) => {
+                    assert!(
+                        matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                        ),
+                        "produce: {e}"
+                    );
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        *sent.entry((topic.clone(), *partition)).or_default() += 1;
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let c = consumer(bootstrap, "freshet-test-probe");
+    for ((topic, p), n) in &sent {
+        let hw = c.fetch_watermarks(topic, *p, Duration::from_secs(10)).expect("watermarks").1;
+        assert_eq!(hw, base[&(topic.clone(), *p)] + n, "{topic}[{p}]: not every record produced is in the topic");
+    }
+}
+
 fn consumer(bootstrap: &str, group: &str) -> BaseConsumer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)

@@ -97,6 +97,20 @@ collection = "articles"
     path
 }
 
+/// The dataflow of these tests on Kafka: one topic per table (`topic(table)`).
+pub fn write_kafka_dataflow(dir: &Path, topic: &dyn Fn(&str) -> String) -> PathBuf {
+    let path = write_dataflow(dir, Path::new("unused"));
+    let mut text = std::fs::read_to_string(&path).expect("read dataflow");
+    text = text.replacen("kind = \"file\"\npath = \"unused\"", "kind = \"kafka\"", 1);
+    for t in TABLES {
+        let from = format!("table = \"public.{t}\"");
+        text = text.replacen(&from, &format!("{from}\ntopics = [\"{}\"]", topic(t)), 1);
+    }
+    let path = dir.join("multi-kafka.dataflow.toml");
+    std::fs::write(&path, text).expect("write dataflow");
+    path
+}
+
 /// One row event.
 #[derive(Clone, Debug)]
 pub struct RowEv {
@@ -118,6 +132,19 @@ fn key_column(table: &str) -> &'static str {
 }
 
 impl RowEv {
+    /// The event as Debezium's Kafka records: on its table's topic, keyed by the row key,
+    /// in partition `key % partitions` (a row's events keep their order); a delete is
+    /// followed by its tombstone.
+    pub fn records(&self, topic: &dyn Fn(&str) -> String, partitions: i32) -> Vec<super::kafka::Record> {
+        let key = json!({key_column(self.table): self.key}).to_string();
+        let partition = (self.key % partitions as u64) as i32;
+        let mut out = vec![(topic(self.table), partition, key.clone(), Some(self.to_json()))];
+        if self.row.is_none() {
+            out.push((topic(self.table), partition, key, None));
+        }
+        out
+    }
+
     pub fn to_json(&self) -> String {
         let source = json!({"version": "3.6.1.Final", "connector": "postgresql", "name": "app",
             "ts_ms": 1_700_000_000_000u64 + self.lsn, "snapshot": "false", "db": "app", "schema": "public",

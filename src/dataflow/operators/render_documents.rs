@@ -11,7 +11,8 @@
 //! document's fields, or a delete when it stops being a document) for `doc_state`, whose
 //! chunk hashes decide what is embedded: a re-rendered document whose text is the same
 //! writes payloads only, one whose fields are all the same writes nothing. Their version is
-//! the time (ingestion ms, totally ordered), as the per-row versions were checked upstream.
+//! the time (ingestion ms, totally ordered), as the per-row versions were checked upstream;
+//! the restored tables of a restart, emitted at time 0, render at the start time.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -173,9 +174,10 @@ impl<'scope> RenderDocumentsExt<'scope> for Stream<'scope, Time, Vec<TableOut>> 
                                 None => ChangeOp::Delete,
                             };
                             let doc_id = DocId(key);
+                            let version = model.version_at(time);
                             let change = DocChange {
-                                version: time,
-                                position: time,
+                                version,
+                                position: version,
                                 commit_ts_ms: None,
                                 op,
                                 source: None,

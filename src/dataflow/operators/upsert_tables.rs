@@ -5,6 +5,12 @@
 //! differential update — the old row retracted, the new one inserted — for
 //! `render_documents`. Beside them: the time's [`Tally`] of row outcomes, dead letters,
 //! and the commit times of the rows applied (the freshness of this time's writes).
+//!
+//! With a [`TableState`] (a source that resumes from committed positions), the rows of the
+//! previous run are the tables' state from the start and leave as insertions at time 0,
+//! with a [`TableOut::Resync`]; each time's changed rows are made durable in the store
+//! before the time's updates leave (a failing store holds the time, and everything after
+//! it, until it succeeds).
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -15,7 +21,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use crate::dataflow::tables::{Cells, DocModel, RowOutcome, RowState};
+use crate::dataflow::tables::{Cells, DocModel, RowOutcome, RowState, RowStore, TableState};
 use crate::dataflow::{Ingested, Routed, StateOut, Tally, Time};
 use crate::model::{DeadLetter, SourceRecord};
 
@@ -26,7 +32,13 @@ pub enum TableOut {
     Update(u16, String, Cells, isize),
     /// Counters, dead letters and applied commit times for the write stage.
     State(StateOut),
+    /// The restored tables have all been emitted (at time 0): the documents not rendered
+    /// from them at this time are no longer documents (for `doc_state`, at this version).
+    Resync(u64),
 }
+
+/// A time's output, and the rows it changed, waiting for the store.
+type Unpersisted = (Capability<Time>, Vec<TableOut>, Vec<(u16, String)>);
 
 /// The worker a table row goes to: a stable hash of (table, key).
 pub fn row_route(table: u16, key: &str) -> u64 {
@@ -53,26 +65,63 @@ pub trait UpsertTablesExt<'scope> {
     ///     let spec = freshet::config::DataflowSpec::multi_table_example_for_tests();
     ///     let model = std::rc::Rc::new(freshet::dataflow::tables::DocModel::for_spec(&spec).unwrap());
     ///     vec![Routed { target: 0, counted: true, item: Ingested::Record(SourceRecord::Doc(change)) }]
-    ///         .to_stream(scope).upsert_tables("UpsertTables", model).capture()
+    ///         .to_stream(scope).upsert_tables("UpsertTables", model, None).capture()
     /// });
     /// let out: Vec<TableOut> = out.try_iter()
     ///     .flat_map(|e| match e { Event::Messages(_, d) => d, _ => Vec::new() }).collect();
     /// assert!(out.contains(&TableOut::Update(1, "7".into(), vec!["7".into(), "\"Ada\"".into()], 1)));
     /// assert!(out.iter().any(|o| matches!(o, TableOut::State(StateOut::Tally(t)) if t.received == 1 && t.content == 1)));
     /// ```
-    fn upsert_tables(self, name: &str, model: Rc<DocModel>) -> Stream<'scope, Time, Vec<TableOut>>;
+    fn upsert_tables(
+        self,
+        name: &str,
+        model: Rc<DocModel>,
+        state: Option<TableState>,
+    ) -> Stream<'scope, Time, Vec<TableOut>>;
 }
 
 impl<'scope> UpsertTablesExt<'scope> for Stream<'scope, Time, Vec<Routed>> {
-    fn upsert_tables(self, name: &str, model: Rc<DocModel>) -> Stream<'scope, Time, Vec<TableOut>> {
+    fn upsert_tables(
+        self,
+        name: &str,
+        model: Rc<DocModel>,
+        state: Option<TableState>,
+    ) -> Stream<'scope, Time, Vec<TableOut>> {
         let exchange = Exchange::new(|r: &Routed| match &r.item {
             Ingested::Record(SourceRecord::Doc(c)) => row_route(c.table, &c.doc_id.0),
             _ => r.target,
         });
-        self.unary_frontier(exchange, name, move |_cap, _info| {
+        let scope = self.scope();
+        self.unary_frontier(exchange, name, move |cap, info| {
+            let activator = scope.activator_for(Rc::clone(&info.address));
             let mut tables: Vec<BTreeMap<String, RowState>> = Vec::new();
             let mut stash: BTreeMap<Time, (Capability<Time>, Vec<Routed>)> = BTreeMap::new();
+            // The restored rows, emitted at time 0 on the first activation.
+            let mut restored: Option<(Capability<Time>, Vec<TableOut>)> = None;
+            let mut store: Option<std::sync::Arc<dyn RowStore>> = None;
+            if let Some(s) = state {
+                let mut out = Vec::with_capacity(s.rows.len() + 1);
+                for (t, key, row) in s.rows {
+                    let t_i = t as usize;
+                    if tables.len() <= t_i {
+                        tables.resize_with(t_i + 1, BTreeMap::new);
+                    }
+                    if let Some(cells) = &row.cells {
+                        out.push(TableOut::Update(t, key.clone(), cells.clone(), 1));
+                    }
+                    tables[t_i].insert(key, row);
+                }
+                out.push(TableOut::Resync(s.restore_version));
+                restored = Some((cap, out));
+                store = Some(s.store);
+            }
+            // A time whose rows the store has not made durable yet: its output waits.
+            let mut unpersisted: Option<Unpersisted> = None;
+            let mut last_warning: Option<std::time::Instant> = None;
             move |(input, frontier), output| {
+                if let Some((cap, out)) = restored.take() {
+                    output.session(&cap).give_iterator(out.into_iter());
+                }
                 input.for_each_stamp(|cap, data| {
                     let Some(time) = cap.least().copied() else { return };
                     let Some(retained) = cap.retain_least(output.output_index()) else { return };
@@ -81,24 +130,46 @@ impl<'scope> UpsertTablesExt<'scope> for Stream<'scope, Time, Vec<Routed>> {
                         entry.1.append(batch);
                     }
                 });
-                let ready: Vec<Time> = stash.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
-                for time in ready {
-                    let Some((cap, items)) = stash.remove(&time) else { continue };
-                    let out = upsert_time(&model, &mut tables, items);
-                    output.session(&cap).give_iterator(out.into_iter());
+                loop {
+                    if let Some((cap, out, touched)) = unpersisted.take() {
+                        if let Some(store) = &store {
+                            let rows: Vec<(u16, &str, &RowState)> = touched
+                                .iter()
+                                .filter_map(|(t, k)| {
+                                    tables.get(*t as usize)?.get(k).map(|r| (*t, k.as_str(), r))
+                                })
+                                .collect();
+                            if let Err(e) = store.persist(&rows) {
+                                if last_warning.is_none_or(|w| w.elapsed() >= std::time::Duration::from_secs(10)) {
+                                    tracing::error!(error = %e, "table state not persisted; the pipeline waits for the store");
+                                    last_warning = Some(std::time::Instant::now());
+                                }
+                                unpersisted = Some((cap, out, touched));
+                                activator.activate_after(std::time::Duration::from_millis(500));
+                                return;
+                            }
+                        }
+                        output.session(&cap).give_iterator(out.into_iter());
+                    }
+                    let Some(time) = stash.keys().next().copied().filter(|t| !frontier.less_equal(t)) else { break };
+                    let Some((cap, items)) = stash.remove(&time) else { break };
+                    let (out, touched) = upsert_time(&model, &mut tables, items);
+                    unpersisted = Some((cap, out, touched));
                 }
             }
         })
     }
 }
 
-/// Fold one time's records into the tables. Public for deterministic tests.
+/// Fold one time's records into the tables; returns the output and the rows whose state
+/// changed (to persist). Public for deterministic tests.
 pub fn upsert_time(
     model: &DocModel,
     tables: &mut Vec<BTreeMap<String, RowState>>,
     mut items: Vec<Routed>,
-) -> Vec<TableOut> {
+) -> (Vec<TableOut>, Vec<(u16, String)>) {
     items.sort_by_key(|r| position_of(&r.item));
+    let mut touched: Vec<(u16, String)> = Vec::new();
     let mut tally = Tally::default();
     let mut applied = Vec::new();
     let mut out = Vec::new();
@@ -146,7 +217,10 @@ pub fn upsert_time(
                     }
                 }
                 if let Some(s) = state {
-                    tables[t].insert(c.doc_id.0, s);
+                    if tables[t].get(&c.doc_id.0) != Some(&s) {
+                        touched.push((c.table, c.doc_id.0.clone()));
+                        tables[t].insert(c.doc_id.0, s);
+                    }
                 }
             }
             Ingested::Record(SourceRecord::Truncate { version, position, .. }) => {
@@ -181,7 +255,9 @@ pub fn upsert_time(
         out.push(TableOut::State(StateOut::Applied(applied)));
     }
     out.push(TableOut::State(StateOut::Tally(tally)));
-    out
+    touched.sort();
+    touched.dedup();
+    (out, touched)
 }
 
 fn position_of(i: &Ingested) -> u64 {
