@@ -145,6 +145,10 @@ fn random_multi_table_histories_end_as_the_oracle_joins_them() {
             std::thread::sleep(Duration::from_millis(15));
         }
         let m = run.caught_up();
+        let by_table = assert_tables_reconcile(&m);
+        for t in TABLES {
+            assert!(by_table.get(t).is_some_and(|n| *n > 0), "seed {seed}: table {t} counted: {by_table:?}");
+        }
         let superseded = metric(&m, "freshet_events_total{outcome=\"superseded\"}").unwrap_or(0.0);
         let dead = metric(&m, "freshet_events_total{outcome=\"dead_lettered\"}").unwrap_or(0.0);
         assert!(superseded > 0.0, "seed {seed}: the history re-sends stale rows");
@@ -153,6 +157,35 @@ fn random_multi_table_histories_end_as_the_oracle_joins_them() {
         assert!(expected.len() > 50, "the history leaves documents: {}", expected.len());
         assert_export_matches(&run.stop(), &expected);
     }
+}
+
+/// The per-table counters reconcile: for each table, received = applied + noop + superseded
+/// + dead_lettered, and the tables' received add up to the records received. Returns the
+/// received count by table.
+fn assert_tables_reconcile(m: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut by: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for line in m.lines().filter(|l| l.starts_with("freshet_table_events_total{")) {
+        let (labels, value) = line.rsplit_once(' ').expect("a sample");
+        let label = |name: &str| {
+            let from = labels.find(&format!("{name}=\"")).expect("the label") + name.len() + 2;
+            labels[from..].split('"').next().expect("a value").to_string()
+        };
+        by.insert((label("table"), label("outcome")), value.parse::<f64>().expect("a number") as u64);
+    }
+    let tables: std::collections::BTreeSet<String> = by.keys().map(|(t, _)| t.clone()).collect();
+    let mut received = std::collections::BTreeMap::new();
+    for t in &tables {
+        let n = |o: &str| by.get(&(t.clone(), o.to_string())).copied().unwrap_or(0);
+        assert_eq!(
+            n("received"),
+            n("applied") + n("noop") + n("superseded") + n("dead_lettered"),
+            "table {t}: the counters do not reconcile: {by:?}"
+        );
+        received.insert(t.clone(), n("received"));
+    }
+    let total = metric(m, "freshet_events_received_total").unwrap_or(0.0) as u64;
+    assert_eq!(received.values().sum::<u64>(), total, "the tables' received counts add up to the records received");
+    received
 }
 
 /// A hand-written history and its tables, for the cost scenarios.
@@ -399,6 +432,7 @@ fn kafka_one_topic_per_table_survives_kill_9_and_resumes_from_committed_offsets(
     let chunks: Vec<&[RowEv]> = rest.chunks(100).collect();
     let kills: std::collections::BTreeSet<usize> = (0..5).map(|_| rng.random_range(0..chunks.len())).collect();
     let mut resumed_at = 0usize;
+    let mut resumed_from: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for (i, part) in chunks.iter().enumerate() {
         produce(part, &mut produced);
         std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
@@ -450,10 +484,18 @@ fn kafka_one_topic_per_table_survives_kill_9_and_resumes_from_committed_offsets(
         assert!(below > 0, "kill {i}: offsets were committed before the kill");
         // The restart receives exactly the records after the committed offsets.
         resumed_at = below;
+        resumed_from = committed;
         child = spawn();
         caught_up(produced.len() - resumed_at);
     }
-    caught_up(produced.len() - resumed_at);
+    let m = caught_up(produced.len() - resumed_at);
+    // The last run's tombstones are the records no table claims.
+    let by_table = assert_tables_reconcile(&m);
+    let tombstones = produced
+        .iter()
+        .filter(|(t, p, o, row)| row.is_none() && *o >= resumed_from.get(&(t.clone(), *p)).copied().unwrap_or(0).max(0))
+        .count() as u64;
+    assert_eq!(by_table.get("(none)").copied().unwrap_or(0), tombstones, "tombstones counted apart: {by_table:?}");
     let status = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     assert!(status.is_ok_and(|s| s.success()));
     assert!(child.wait().expect("wait").success(), "freshet did not stop cleanly");

@@ -121,6 +121,9 @@ pub enum StateOut {
     Dead(DeadLetter),
     /// Counters for the records processed at this time.
     Tally(Tally),
+    /// A multi-table dataflow's counters by table index (`u16::MAX`: records no table
+    /// claims); they add up to the time's [`StateOut::Tally`] of the row stage.
+    TableTally(Vec<(u16, Tally)>),
     /// The source commit times (ms; None when the record has none) of the changes applied
     /// at this time, one per change counted as applied in the tally.
     Applied(Vec<Option<u64>>),

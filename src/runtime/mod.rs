@@ -334,6 +334,7 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         .map_err(io("starting tokio"))?;
     let metrics = Arc::new(Metrics::new());
     metrics.set_build_info(embedder.model_id());
+    metrics.set_table_names(spec.tables.iter().map(|t| t.name.clone()).collect());
     let progress = Arc::new(SourceProgress::new(config.workers));
     let live = Live::new(Arc::clone(&metrics), Arc::clone(&progress), embedder.model_id());
     let _sampler = live.spawn_sampler().map_err(io("starting the metrics sampler"))?;

@@ -89,8 +89,10 @@ impl RuntimeWriter {
                 };
                 let time = resolved.time;
                 let commits = std::mem::take(&mut resolved.batch.applied_commits);
+                let tables = std::mem::take(&mut resolved.batch.table_tallies);
                 let tally = write(&s2, resolved).await;
                 s2.metrics.record_acked(&tally);
+                s2.metrics.record_table_acked(&tables);
                 s2.metrics.record_searchable(time, &commits);
                 if let Ok(mut q) = acked2.lock() {
                     q.push_back(Acked { time, tally });

@@ -84,6 +84,16 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Labels of a multi-table dataflow's per-table counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableOutcomeLabel {
+    /// The `[[tables]]` name (`(none)`: records no table claims — tombstones, heartbeats,
+    /// other tables' events, undecodable records).
+    pub table: String,
+    /// `received`, `applied`, `noop`, `superseded`, `dead_lettered`.
+    pub outcome: &'static str,
+}
+
 /// Label of a sink operation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
@@ -105,6 +115,10 @@ pub struct Metrics {
     pub received: Counter,
     /// Acknowledged events by outcome.
     pub events: Family<OutcomeLabel, Counter>,
+    /// A multi-table dataflow's acknowledged row events by table and outcome.
+    pub table_events: Family<TableOutcomeLabel, Counter>,
+    /// The tables' names, by index (set at start).
+    table_names: Mutex<Vec<String>>,
     /// Chunks sent to the embedder.
     pub chunks_embedded: Counter,
     /// Embedding batches.
@@ -195,6 +209,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("freshet");
         let received = Counter::default();
         let events = Family::<OutcomeLabel, Counter>::default();
+        let table_events = Family::<TableOutcomeLabel, Counter>::default();
         let chunks_embedded = Counter::default();
         let embed_batches = Counter::default();
         let vectors_reused = Counter::default();
@@ -212,6 +227,11 @@ impl Metrics {
         registry.register("state_chunks", "Chunks of the live documents (points once caught up)", state_chunks.clone());
         registry.register("events_received", "Records read from the source", received.clone());
         registry.register("events", "Acknowledged events by outcome", events.clone());
+        registry.register(
+            "table_events",
+            "Acknowledged row events of a multi-table dataflow by table and outcome (received = applied + noop + superseded + dead_lettered per table)",
+            table_events.clone(),
+        );
         registry.register("chunks_embedded", "Chunks sent to the embedder", chunks_embedded.clone());
         registry.register("embed_batches", "Embedding batches", embed_batches.clone());
         registry.register("vectors_reused", "Vectors reused from the cache or the collection", vectors_reused.clone());
@@ -369,12 +389,40 @@ impl Metrics {
             dead_letters,
             resident_memory_bytes,
             build_info,
+            table_events,
+            table_names: Mutex::new(Vec::new()),
             totals: Mutex::new(Tally::default()),
             commit_window: Mutex::new(LatencyWindow::default()),
             ingest_window: Mutex::new(LatencyWindow::default()),
             errors: Mutex::new(VecDeque::new()),
             embedding: Mutex::new(BTreeMap::new()),
             dead_letters_before: AtomicU64::new(0),
+        }
+    }
+
+    /// Name the tables of a multi-table dataflow (their index in the per-table counters).
+    pub fn set_table_names(&self, names: Vec<String>) {
+        if let Ok(mut g) = self.table_names.lock() {
+            *g = names;
+        }
+    }
+
+    /// Record a time's acknowledged per-table counters (table index `u16::MAX`: none).
+    pub fn record_table_acked(&self, tables: &std::collections::BTreeMap<u16, Tally>) {
+        let names = self.table_names.lock().map(|g| g.clone()).unwrap_or_default();
+        for (t, tally) in tables {
+            let table = names.get(*t as usize).cloned().unwrap_or_else(|| "(none)".into());
+            for (outcome, n) in [
+                ("received", tally.received),
+                ("applied", tally.applied()),
+                ("noop", tally.noop),
+                ("superseded", tally.superseded),
+                ("dead_lettered", tally.dead_lettered),
+            ] {
+                if n > 0 {
+                    self.table_events.get_or_create(&TableOutcomeLabel { table: table.clone(), outcome }).inc_by(n);
+                }
+            }
         }
     }
 

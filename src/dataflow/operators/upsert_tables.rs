@@ -173,10 +173,17 @@ pub fn upsert_time(
     let mut tally = Tally::default();
     let mut applied = Vec::new();
     let mut out = Vec::new();
+    let mut per_table: BTreeMap<u16, Tally> = BTreeMap::new();
     for r in items {
+        // This record's counts, added to the time's and to its table's.
+        let mut item = Tally::default();
         if r.counted {
-            tally.received += 1;
+            item.received += 1;
         }
+        let table = match &r.item {
+            Ingested::Record(SourceRecord::Doc(c)) => c.table,
+            _ => u16::MAX,
+        };
         match r.item {
             Ingested::Record(SourceRecord::Doc(c)) => {
                 let t = c.table as usize;
@@ -187,9 +194,9 @@ pub fn upsert_time(
                 match model.upsert(t, &mut state, &c) {
                     RowOutcome::Changed { before, after } => {
                         if after.is_some() {
-                            tally.content += 1;
+                            item.content += 1;
                         } else {
-                            tally.deleted += 1;
+                            item.deleted += 1;
                         }
                         applied.push(c.commit_ts_ms);
                         if let Some(b) = before {
@@ -199,10 +206,10 @@ pub fn upsert_time(
                             out.push(TableOut::Update(c.table, c.doc_id.0.clone(), a, 1));
                         }
                     }
-                    RowOutcome::NoOp => tally.noop += 1,
-                    RowOutcome::Superseded => tally.superseded += 1,
+                    RowOutcome::NoOp => item.noop += 1,
+                    RowOutcome::Superseded => item.superseded += 1,
                     RowOutcome::Rejected(rej) => {
-                        tally.dead_lettered += 1;
+                        item.dead_lettered += 1;
                         out.push(TableOut::State(StateOut::Dead(DeadLetter {
                             origin: c.origin(),
                             position: c.position,
@@ -213,7 +220,7 @@ pub fn upsert_time(
                             record_excerpt: None,
                             record_bytes: None,
                         })));
-                        continue;
+                        state = None;
                     }
                 }
                 if let Some(s) = state {
@@ -226,7 +233,7 @@ pub fn upsert_time(
             Ingested::Record(SourceRecord::Truncate { version, position, .. }) => {
                 // Broadcast to every worker; dead-lettered once.
                 if r.counted {
-                    tally.dead_lettered += 1;
+                    item.dead_lettered += 1;
                     out.push(TableOut::State(StateOut::Dead(DeadLetter {
                         origin: None,
                         position,
@@ -242,14 +249,21 @@ pub fn upsert_time(
                     })));
                 }
             }
-            Ingested::Skipped { .. } => tally.noop += 1,
+            Ingested::Skipped { .. } => item.noop += 1,
             // Markers go to the document state directly (`pipeline.rs`).
             Ingested::Resync { .. } => {}
             Ingested::Dead(d) => {
-                tally.dead_lettered += 1;
+                item.dead_lettered += 1;
                 out.push(TableOut::State(StateOut::Dead(d)));
             }
         }
+        tally.add(&item);
+        if item != Tally::default() {
+            per_table.entry(table).or_default().add(&item);
+        }
+    }
+    if !per_table.is_empty() {
+        out.push(TableOut::State(StateOut::TableTally(per_table.into_iter().collect())));
     }
     if !applied.is_empty() {
         out.push(TableOut::State(StateOut::Applied(applied)));

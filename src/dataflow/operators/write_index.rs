@@ -23,6 +23,8 @@ pub struct WriteBatch {
     pub dead: Vec<DeadLetter>,
     /// Counters of the records behind these writes.
     pub tally: Tally,
+    /// A multi-table dataflow's counters by table.
+    pub table_tallies: BTreeMap<u16, Tally>,
     /// Newest table truncate seen at this time.
     pub truncated_at: Option<crate::model::Version>,
     /// Source commit times of the changes applied at this time (one per applied change).
@@ -103,6 +105,11 @@ impl<'scope> WriteIndexExt<'scope> for Stream<'scope, Time, Vec<StateOut>> {
                                 StateOut::Write(w) => entry.1.writes.push(w),
                                 StateOut::Dead(d) => entry.1.dead.push(d),
                                 StateOut::Tally(t) => entry.1.tally.add(&t),
+                                StateOut::TableTally(ts) => {
+                                    for (table, t) in ts {
+                                        entry.1.table_tallies.entry(table).or_default().add(&t);
+                                    }
+                                }
                                 StateOut::Applied(c) => entry.1.applied_commits.extend(c),
                                 StateOut::Size { .. } => {}
                                 StateOut::Truncated(v) => {
