@@ -159,9 +159,9 @@ fn random_multi_table_histories_end_as_the_oracle_joins_them() {
     }
 }
 
-/// The per-table counters reconcile: for each table, received = applied + noop + superseded
-/// + dead_lettered, and the tables' received add up to the records received. Returns the
-/// received count by table.
+/// The per-table counters reconcile: for each table, received is applied plus noop plus
+/// superseded plus dead_lettered, and the tables' received add up to the records received.
+/// Returns the received count by table.
 fn assert_tables_reconcile(m: &str) -> std::collections::BTreeMap<String, u64> {
     let mut by: std::collections::BTreeMap<(String, String), u64> = Default::default();
     for line in m.lines().filter(|l| l.starts_with("freshet_table_events_total{")) {
