@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
+
+mod common;
+use common::kafka::{bootstrap, create_topic, delete_topics};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -34,44 +35,6 @@ fn freshet_bin() -> PathBuf {
     // The bench binary lives in target/<profile>/deps; the freshet binary one level up.
     let exe = std::env::current_exe().unwrap();
     exe.parent().and_then(Path::parent).unwrap().join("freshet")
-}
-
-/// The broker: `FRESHET_KAFKA_BOOTSTRAP`, else the local Apache Kafka of `scripts/services`.
-fn bootstrap() -> String {
-    if let Ok(b) = std::env::var("FRESHET_KAFKA_BOOTSTRAP") {
-        if !b.is_empty() {
-            return b;
-        }
-    }
-    let local = format!("127.0.0.1:{}", std::env::var("FRESHET_KAFKA_PORT").unwrap_or_else(|_| "19092".into()));
-    if std::net::TcpStream::connect(&local).is_err() {
-        let st = Command::new(repo().join("scripts/services")).args(["start", "kafka"]).status().unwrap();
-        assert!(st.success(), "scripts/services start kafka failed");
-    }
-    local
-}
-
-fn delete_topics(bootstrap: &str, topics: &[String]) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let _ = rt.block_on(admin.delete_topics(&names, &AdminOptions::new()));
-}
-
-fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    for r in rt
-        .block_on(admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        ))
-        .unwrap()
-    {
-        r.unwrap();
-    }
 }
 
 /// Produce the JSON lines of `file`, keyed by article id, partition = id % partitions.

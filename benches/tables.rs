@@ -9,31 +9,38 @@
 //!    the time from the append to every article re-rendered and written (from `/metrics`),
 //!    and what it embedded.
 //!
-//! `cargo bench --profile dev --bench tables -- [--docs N] [--fanout F] [--workers W]`
+//! 3. **On Kafka** (Apache Kafka of `scripts/services`, or `FRESHET_KAFKA_BOOTSTRAP`): the
+//!    same rows, snapshot and changes, produced to one topic per table (4 partitions, keyed
+//!    by the row key), indexed to the end; then the table state's size (bytes per stored
+//!    row, `state/<collection>.tables.redb`) and a restart with nothing new: the time to load
+//!    the state, render every document and find the index equal (nothing written).
+//!
+//! `cargo bench --profile dev --bench tables -- [--docs N] [--fanout F] [--workers W] [--skip-kafka 1]`
 
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
+
+mod common;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Run `freshet run --until-end` on `input`; (summary, seconds, peak RSS MiB).
-fn run(dataflow: &Path, config: &Path, input: &Path) -> (serde_json::Value, f64, u64) {
+/// Run `freshet run --until-end` (on `input` for a file source); (summary, seconds, peak RSS MiB).
+fn run(dataflow: &Path, config: &Path, input: Option<&Path>) -> (serde_json::Value, f64, u64) {
     let t = Instant::now();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_freshet"))
-        .args(["run", "--until-end", "--embedder", "hash", "--dataflow"])
-        .arg(dataflow)
-        .arg("--config")
-        .arg(config)
-        .arg("--input")
-        .arg(input)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn freshet");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_freshet"));
+    cmd.args(["run", "--until-end", "--embedder", "hash", "--dataflow"]).arg(dataflow).arg("--config").arg(config);
+    if let Some(i) = input {
+        cmd.arg("--input").arg(i);
+    }
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().expect("spawn freshet");
     let status_path = format!("/proc/{}/status", child.id());
     let mut peak_kb = 0u64;
     while child.try_wait().expect("wait").is_none() {
@@ -93,7 +100,7 @@ fn main() {
         ),
     )
     .expect("config");
-    let (t, secs, rss) = run(dataflow, &config, &input);
+    let (t, secs, rss) = run(dataflow, &config, Some(&input));
     let received = t["received"].as_f64().unwrap_or(0.0);
     println!(
         "snapshot: {received} row events ({docs} articles + authors, tags, ACL rows) in {secs:.1}s = {:.0} events/s \
@@ -104,7 +111,7 @@ fn main() {
     );
     let text = std::fs::read_to_string(&changes).expect("changes");
     std::fs::OpenOptions::new().append(true).open(&input).expect("open").write_all(text.as_bytes()).expect("append");
-    let (t, secs, rss) = run(dataflow, &config, &input);
+    let (t, secs, rss) = run(dataflow, &config, Some(&input));
     let received = t["received"].as_f64().unwrap_or(0.0);
     println!(
         "restart + changes: {received} row events re-read ({} of them new) in {secs:.1}s = {:.0} events/s; \
@@ -193,4 +200,116 @@ fn main() {
     );
     let _ = child.kill();
     let _ = child.wait();
+
+    // 3. On Kafka: one topic per table; the table state's size and a restart.
+    if arg("--skip-kafka", 0) == 0 {
+        kafka_restart(dir.path(), dataflow, &input, workers);
+    }
+}
+
+/// Section 3 (see the module docs). `events` holds the snapshot and the changes.
+fn kafka_restart(dir: &Path, dataflow: &Path, events: &Path, workers: usize) {
+    let bootstrap = common::kafka::bootstrap();
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    let prefix = format!("bench-tables-{ms}");
+    let tables = [("articles", "article_id"), ("authors", "author_id"), ("article_tags", "id"), ("article_acl", "id")];
+    let topic = |t: &str| format!("{prefix}.public.{t}");
+    for (t, _) in tables {
+        common::kafka::create_topic(&bootstrap, &topic(t), 4);
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+        .expect("producer");
+    let text = std::fs::read_to_string(events).expect("events");
+    let mut produced = 0usize;
+    // A `null` line is the tombstone of the delete before it: same topic and key, no value.
+    let mut last: Option<(String, String)> = None;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        let (name, key, payload) = if v.is_null() {
+            let (name, key) = last.clone().expect("a tombstone follows a delete");
+            (name, key, None)
+        } else {
+            let table = v["source"]["table"].as_str().expect("source.table").to_string();
+            let column = tables.iter().find(|(t, _)| *t == table).map(|(_, k)| *k).expect("a blog table");
+            let row = if v["after"].is_object() { &v["after"] } else { &v["before"] };
+            (topic(&table), serde_json::json!({ column: row[column] }).to_string(), Some(line))
+        };
+        let mut rec: BaseRecord<'_, String, str> = BaseRecord::to(&name).key(&key);
+        if let Some(p) = payload {
+            rec = rec.payload(p);
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+        last = Some((name, key));
+        produced += 1;
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+    let mut flow = std::fs::read_to_string(dataflow).expect("dataflow");
+    flow = flow.replacen("kind = \"file\"", "kind = \"kafka\"", 1);
+    flow = flow.lines().filter(|l| !l.starts_with("path = ")).collect::<Vec<_>>().join("\n");
+    for (t, _) in tables {
+        let from = format!("table = \"public.{t}\"");
+        flow = flow.replacen(&from, &format!("{from}\ntopics = [\"{}\"]", topic(t)), 1);
+    }
+    let kdir = dir.join("kafka");
+    std::fs::create_dir_all(&kdir).expect("dir");
+    let kflow = kdir.join("blog-kafka.toml");
+    std::fs::write(&kflow, flow).expect("dataflow");
+    let config = kdir.join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "workers = {workers}\ndata_dir = \"{}\"\noptimize_interval_s = 1000000\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{prefix}\"\n",
+            kdir.join("data").display()
+        ),
+    )
+    .expect("config");
+    let (t, secs, rss) = run(&kflow, &config, None);
+    println!(
+        "kafka: {} records ({produced} produced, 4 topics × 4 partitions) indexed in {secs:.1}s = {:.0} records/s; \
+         points {}; peak RSS {rss} MiB",
+        t["received"],
+        t["received"].as_f64().unwrap_or(0.0) / secs,
+        t["points_upserted"]
+    );
+    let state = std::fs::read_dir(kdir.join("data/state"))
+        .expect("state")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".tables.redb"))
+        .expect("the table state");
+    let bytes = std::fs::metadata(&state).expect("size").len();
+    let collection =
+        state.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".tables.redb")).unwrap_or("");
+    let opened = freshet::runtime::table_store::TableStore::open(&kdir.join("data"), collection, 1, 0, 1, 1)
+        .expect("open the table state");
+    let rows = opened.row_count;
+    drop(opened);
+    println!(
+        "kafka: table state {rows} rows (tombstones included) in {:.1} MiB = {:.0} bytes/row",
+        bytes as f64 / 1048576.0,
+        bytes as f64 / rows.max(1) as f64
+    );
+    let (t, secs, rss) = run(&kflow, &config, None);
+    println!(
+        "kafka: restart with nothing new: {secs:.1}s to load {rows} rows, render every document and find the \
+         index equal (whole process, start to exit); received {}, chunks embedded {}, points written {}; peak RSS {rss} MiB",
+        t["received"],
+        t["chunks_embedded"],
+        t["points_upserted"].as_u64().unwrap_or(0)
+            + t["points_payload_updated"].as_u64().unwrap_or(0)
+            + t["points_deleted"].as_u64().unwrap_or(0)
+    );
+    common::kafka::delete_topics(&bootstrap, &tables.iter().map(|(t, _)| topic(t)).collect::<Vec<_>>());
 }

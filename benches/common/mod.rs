@@ -1,0 +1,3 @@
+//! Helpers shared by the benchmarks (each bench includes this module).
+
+pub mod kafka;
