@@ -223,7 +223,7 @@ pub fn chunk_payload(
     text: &str,
     text_field_hashes: &[u64],
 ) -> Metadata {
-    let mut p: Metadata = metadata.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut p: Metadata = nest_metadata(metadata).into_iter().filter(|(_, v)| !v.is_null()).collect();
     p.insert(keys::DOC_ID.into(), doc_id.0.clone().into());
     p.insert(keys::CHUNK_INDEX.into(), chunk_index.into());
     p.insert(keys::CONTENT_HASH.into(), hash.to_hex().into());
@@ -234,10 +234,63 @@ pub fn chunk_payload(
     p
 }
 
+/// Metadata as payload keys: a dotted name (`author.name`, `_header.traceparent`) becomes a
+/// nested object (`{"author": {"name": …}}`), since a dot in a Qdrant filter or payload-index
+/// key is a path: `author.name` then filters and indexes as written. Null leaves are left
+/// out of their object, and a group left with no value is null (a payload update's merge
+/// removes it; a point's full payload leaves it out). A group replaces its previous object
+/// whole: a metadata field next to dotted fields of the same prefix (`author` and
+/// `author.name`) is shadowed by them.
+pub fn nest_metadata(metadata: &Metadata) -> Metadata {
+    let mut out = Metadata::new();
+    let mut groups: Vec<&str> = Vec::new();
+    for (k, v) in metadata {
+        let Some((head, _)) = k.split_once('.') else {
+            if !out.get(k).is_some_and(serde_json::Value::is_object) {
+                out.insert(k.clone(), v.clone());
+            }
+            continue;
+        };
+        groups.push(head);
+        if v.is_null() {
+            continue;
+        }
+        let mut map = &mut out;
+        let parts: Vec<&str> = k.split('.').collect();
+        let (last, path) = parts.split_last().unwrap_or((&"", &[]));
+        for part in path {
+            let slot = map.entry(part.to_string()).or_insert(serde_json::Value::Null);
+            if !slot.is_object() {
+                *slot = serde_json::Value::Object(Metadata::new());
+            }
+            let serde_json::Value::Object(m) = slot else { unreachable!("made an object above") };
+            map = m;
+        }
+        map.insert(last.to_string(), v.clone());
+    }
+    for g in groups {
+        out.entry(g.to_string()).or_insert(serde_json::Value::Null);
+    }
+    out
+}
+
+/// The metadata field `name` of a payload written by [`chunk_payload`] (a dotted name is a
+/// path into nested objects); null when absent.
+pub fn payload_field<'a>(payload: &'a Metadata, name: &str) -> &'a serde_json::Value {
+    static NULL: serde_json::Value = serde_json::Value::Null;
+    let mut parts = name.split('.');
+    let Some(first) = parts.next() else { return &NULL };
+    let mut cur = payload.get(first).unwrap_or(&NULL);
+    for p in parts {
+        cur = cur.get(p).unwrap_or(&NULL);
+    }
+    cur
+}
+
 /// The payload keys a payload-only update sets (merged into the existing payload: a null
 /// metadata value removes its key).
 pub fn update_payload(metadata: &Metadata, version: Version, model_id: &str, text_field_hashes: &[u64]) -> Metadata {
-    let mut p = metadata.clone();
+    let mut p = nest_metadata(metadata);
     p.insert(keys::SOURCE_VERSION.into(), version.into());
     p.insert(keys::MODEL_ID.into(), model_id.into());
     p.insert(keys::TEXT_FIELD_HASHES.into(), field_hashes_json(text_field_hashes));
@@ -362,6 +415,27 @@ mod tests {
     /// Regression (found by tests/postgres_e2e.rs against real Debezium): a NULL column gave
     /// re-embedded chunks `category: null` and payload-updated chunks of the same document no
     /// `category` key (the set-payload merge removes null keys).
+    #[test]
+    fn dotted_metadata_names_are_nested_objects_qdrant_filters_by_path() {
+        let meta: Metadata = serde_json::from_value(serde_json::json!({
+            "status": "published", "author.name": "Ada", "author.email": null, "category.dept.name": "Tools",
+            "editor.name": null
+        }))
+        .unwrap();
+        let doc = DocId("7".into());
+        let p = chunk_payload(&meta, &doc, 0, &ContentHash::of("t"), 5, "m", "t", &[1]);
+        assert_eq!(p["author"], serde_json::json!({"name": "Ada"}));
+        assert_eq!(p["category"], serde_json::json!({"dept": {"name": "Tools"}}));
+        assert!(!p.contains_key("editor") && !p.contains_key("author.name"), "{p:?}");
+        assert_eq!(payload_field(&p, "author.name"), &serde_json::json!("Ada"));
+        assert_eq!(payload_field(&p, "category.dept.name"), &serde_json::json!("Tools"));
+        assert!(payload_field(&p, "author.email").is_null() && payload_field(&p, "editor.name").is_null());
+        // A payload update removes a group with no value left (the merge drops null keys).
+        let u = update_payload(&meta, 6, "m", &[1]);
+        assert_eq!(u["editor"], serde_json::Value::Null);
+        assert_eq!(u["author"], serde_json::json!({"name": "Ada"}));
+    }
+
     #[test]
     fn null_metadata_is_no_payload_key_as_after_a_payload_update() {
         let mut meta = Metadata::new();

@@ -320,6 +320,28 @@ fn a_restart_rebuilds_the_tables_and_writes_nothing() {
     assert!(first["chunks_embedded"].as_u64().unwrap_or(0) > 0, "{first}");
     let exported = export(&dataflow, &config, true);
     assert_export_matches(&without_versions(&exported), &expected_export(&db, 120).0);
+    // A looked-up field filters by its dotted name (a nested object in the payload).
+    let docs = support::tables::documents(&db);
+    let author = docs.values().next().and_then(|d| d.meta["author"]["name"].as_str()).expect("an author").to_string();
+    let want: std::collections::BTreeSet<String> = docs
+        .iter()
+        .filter(|(_, d)| d.meta["author"]["name"] == author.as_str())
+        .map(|(id, _)| id.to_string())
+        .collect();
+    let out = support::freshet()
+        .args(["search", "--dataflow"])
+        .arg(&dataflow)
+        .arg("--config")
+        .arg(&config)
+        .args(["rivers", "-k", "10000", "--filter", &format!("author.name={}", json!(author))])
+        .output()
+        .expect("freshet search");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a hit")["doc_id"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(got, want, "a search filtered by author.name = {author:?} finds that author's documents");
     let second = support::run_until_end(&dataflow, &config, &[]);
     for k in ["chunks_embedded", "points_upserted", "points_payload_updated", "points_deleted"] {
         assert_eq!(second[k].as_u64(), Some(0), "{k} after a restart: {second}");

@@ -149,7 +149,7 @@ pub fn rebuild(
             e.version = Some(e.version.map_or(version, |v| v.min(version)));
             e.newest = e.newest.max(version);
             let meta: Vec<u64> =
-                shape.meta_fields().iter().map(|f| value_hash(pl.get(f).unwrap_or(&serde_json::Value::Null))).collect();
+                shape.meta_fields().iter().map(|f| value_hash(crate::model::payload_field(pl, f))).collect();
             match &e.meta {
                 None => e.meta = Some(meta),
                 Some(m) if *m != meta => e.meta = Some(Vec::new()),

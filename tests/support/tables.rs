@@ -366,7 +366,8 @@ pub fn documents(db: &Db) -> BTreeMap<u64, ODoc> {
         let mut meta = Map::new();
         meta.insert("title".into(), json!(title));
         meta.insert("status".into(), json!(status));
-        meta.insert("author.name".into(), json!(name));
+        // A dotted metadata name is a nested object in the payload (Qdrant's path syntax).
+        meta.insert("author".into(), json!({"name": name}));
         meta.insert("tags".into(), json!(tags));
         meta.insert("allowed_groups".into(), json!(groups));
         let fields = vec![
