@@ -52,17 +52,9 @@ fn produce_file(bootstrap: &str, topic: &str, partitions: i32, file: &Path) -> u
         let row = if v["after"].is_object() { &v["after"] } else { &v["before"] };
         let id = row["article_id"].as_u64().unwrap_or(0);
         let key = format!("{{\"article_id\":{id}}}");
-        let mut rec: BaseRecord<'_, String, str> =
+        let rec: BaseRecord<'_, String, str> =
             BaseRecord::to(topic).partition((id % partitions as u64) as i32).key(&key).payload(line);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
-        }
+        common::kafka::send(&producer, rec);
         n += 1;
     }
     producer.flush(Duration::from_secs(120)).unwrap();

@@ -242,15 +242,7 @@ fn kafka_restart(dir: &Path, dataflow: &Path, events: &Path, workers: usize) {
         if let Some(p) = payload {
             rec = rec.payload(p);
         }
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
-        }
+        common::kafka::send(&producer, rec);
         last = Some((name, key));
         produced += 1;
     }

@@ -159,15 +159,7 @@ fn produce_history(bootstrap: &str, topic: &str, partitions: i32, events: &[Ev],
         if let Some(v) = &value {
             rec = rec.payload(v);
         }
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
-        }
+        support::kafka::send(&producer, rec);
         let o = next.get_mut(&partition).unwrap();
         out.push((partition, *o));
         *o += 1;

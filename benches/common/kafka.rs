@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
 
 fn repo() -> PathBuf {
@@ -50,5 +51,29 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
         .unwrap()
     {
         r.unwrap();
+    }
+}
+
+/// Send `rec`, waiting while the producer's queue is full.
+pub fn send<K, P>(producer: &ThreadedProducer<DefaultProducerContext>, mut rec: BaseRecord<'_, K, P>)
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return,
+            Err((e, r)) => {
+                assert!(
+                    matches!(
+                        e,
+                        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                    ),
+                    "produce: {e}"
+                );
+                rec = r;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
     }
 }

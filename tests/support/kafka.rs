@@ -206,23 +206,7 @@ pub fn produce_batched(bootstrap: &str, topic: &str, partitions: i32, events: &[
         if let Some(v) = &value {
             rec = rec.payload(v);
         }
-        let mut rec = rec;
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((e, r)) => {
-                    assert!(
-                        matches!(
-                            e,
-                            rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                        ),
-                        "produce: {e}"
-                    );
-                    rec = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        send(&producer, rec);
         let o = next.entry(partition).or_insert(base[&partition]);
         out.push((partition, *o));
         *o += 1;
@@ -233,6 +217,30 @@ pub fn produce_batched(bootstrap: &str, topic: &str, partitions: i32, events: &[
         assert_eq!(after[p], *o, "partition {p}: produced offsets are not contiguous");
     }
     out
+}
+
+/// Send `rec`, waiting while the producer's queue is full (any other error fails the test).
+pub fn send<K, P>(producer: &ThreadedProducer<DefaultProducerContext>, mut rec: BaseRecord<'_, K, P>)
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return,
+            Err((e, r)) => {
+                assert!(
+                    matches!(
+                        e,
+                        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                    ),
+                    "produce: {e}"
+                );
+                rec = r;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
 }
 
 /// One record to produce: (topic, partition, key, value — None: a tombstone).
@@ -258,23 +266,7 @@ pub fn produce_records(bootstrap: &str, records: &[Record]) {
         if let Some(v) = value {
             rec = rec.payload(v);
         }
-        let mut rec = rec;
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((e, r)) => {
-                    assert!(
-                        matches!(
-                            e,
-                            rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                        ),
-                        "produce: {e}"
-                    );
-                    rec = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        send(&producer, rec);
         *sent.entry((topic.clone(), *partition)).or_default() += 1;
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
