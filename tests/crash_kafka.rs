@@ -17,8 +17,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseRecord, Producer};
 use serde_json::Value;
 use support::kafka::*;
 use support::*;
@@ -137,13 +136,7 @@ fn value_of(ev: &Ev, snapshot: bool, last: bool) -> Option<String> {
 /// Produce the history keyed by document (partition `id % partitions`); returns each
 /// event's (partition, offset).
 fn produce_history(bootstrap: &str, topic: &str, partitions: i32, events: &[Ev], snap: &[bool]) -> Vec<(i32, i64)> {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        // Batched, and idempotent so that each partition keeps the order of the history.
-        .set("linger.ms", "5")
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer");
+    let producer = support::kafka::ordered_producer(bootstrap);
     let last_snap = snap.iter().rposition(|s| *s);
     let mut next: BTreeMap<i32, i64> = high_watermarks(bootstrap, topic, partitions);
     let mut out = Vec::with_capacity(events.len());

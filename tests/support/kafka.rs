@@ -243,18 +243,23 @@ where
     }
 }
 
+/// A batched producer, idempotent so that each partition keeps the order records are sent in.
+pub fn ordered_producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer")
+}
+
 /// One record to produce: (topic, partition, key, value — None: a tombstone).
 pub type Record = (String, i32, String, Option<String>);
 
 /// Produce `records` in order (batched; every delivery must succeed: the producer is
 /// flushed and each partition's high watermark checked against what was sent).
 pub fn produce_records(bootstrap: &str, records: &[Record]) {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer");
+    let producer = ordered_producer(bootstrap);
     let mut sent: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut base: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for (topic, partition, key, value) in records {
