@@ -15,7 +15,7 @@
 //!    row, `state/<collection>.tables.redb`) and a restart with nothing new: the time to load
 //!    the state, render every document and find the index equal (nothing written).
 //!
-//! `cargo bench --profile dev --bench tables -- [--docs N] [--fanout F] [--workers W] [--skip-kafka 1]`
+//! `cargo bench --profile dev --bench tables -- [--docs N] [--fanout F] [--workers W] [--skip-kafka 1] [--kafka-only 1]`
 
 use std::io::Write;
 use std::path::Path;
@@ -86,21 +86,45 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dataflow = Path::new("dataflows/blog.toml");
 
-    // 1. Throughput.
     let input = dir.path().join("blog.jsonl");
     let changes = dir.path().join("changes.jsonl");
     let plan = freshet::workload::Plan { docs, edits: docs, flips: docs, deletes: docs / 10, seed: 11 };
     freshet::workload::write_blog_files(&input, Some(&changes), &plan).expect("workload");
-    let config = dir.path().join("bench.toml");
+    if arg("--kafka-only", 0) == 0 {
+        file_sections(dir.path(), dataflow, &input, &changes, docs, fanout, workers);
+    } else {
+        let text = std::fs::read_to_string(&changes).expect("changes");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&input)
+            .expect("open")
+            .write_all(text.as_bytes())
+            .expect("append");
+    }
+    // 3. On Kafka: one topic per table; the table state's size and a restart.
+    if arg("--skip-kafka", 0) == 0 {
+        kafka_restart(dir.path(), dataflow, &input, workers);
+    }
+}
+
+/// Sections 1 and 2 (see the module docs); appends `changes` to `input`.
+fn file_sections(
+    dir: &Path,
+    dataflow: &Path,
+    input: &Path,
+    changes: &Path,
+    docs: usize,
+    fanout: usize,
+    workers: usize,
+) {
+    // 1. Throughput.
+    let config = dir.join("bench.toml");
     std::fs::write(
         &config,
-        format!(
-            "workers = {workers}\ndata_dir = \"{}\"\noptimize_interval_s = 1000000\n",
-            dir.path().join("data").display()
-        ),
+        format!("workers = {workers}\ndata_dir = \"{}\"\noptimize_interval_s = 1000000\n", dir.join("data").display()),
     )
     .expect("config");
-    let (t, secs, rss) = run(dataflow, &config, Some(&input));
+    let (t, secs, rss) = run(dataflow, &config, Some(input));
     let received = t["received"].as_f64().unwrap_or(0.0);
     println!(
         "snapshot: {received} row events ({docs} articles + authors, tags, ACL rows) in {secs:.1}s = {:.0} events/s \
@@ -109,9 +133,9 @@ fn main() {
         t["chunks_embedded"],
         t["points_upserted"]
     );
-    let text = std::fs::read_to_string(&changes).expect("changes");
-    std::fs::OpenOptions::new().append(true).open(&input).expect("open").write_all(text.as_bytes()).expect("append");
-    let (t, secs, rss) = run(dataflow, &config, Some(&input));
+    let text = std::fs::read_to_string(changes).expect("changes");
+    std::fs::OpenOptions::new().append(true).open(input).expect("open").write_all(text.as_bytes()).expect("append");
+    let (t, secs, rss) = run(dataflow, &config, Some(input));
     let received = t["received"].as_f64().unwrap_or(0.0);
     println!(
         "restart + changes: {received} row events re-read ({} of them new) in {secs:.1}s = {:.0} events/s; \
@@ -125,7 +149,7 @@ fn main() {
     );
 
     // 2. Fan-out: one author, `fanout` articles, renamed while the run follows the file.
-    let fdir = dir.path().join("fanout");
+    let fdir = dir.join("fanout");
     std::fs::create_dir_all(&fdir).expect("dir");
     let finput = fdir.join("events.jsonl");
     let src = |table: &str, lsn: u64| {
@@ -200,11 +224,6 @@ fn main() {
     );
     let _ = child.kill();
     let _ = child.wait();
-
-    // 3. On Kafka: one topic per table; the table state's size and a restart.
-    if arg("--skip-kafka", 0) == 0 {
-        kafka_restart(dir.path(), dataflow, &input, workers);
-    }
 }
 
 /// Section 3 (see the module docs). `events` holds the snapshot and the changes.
