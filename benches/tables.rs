@@ -306,11 +306,24 @@ fn kafka_restart(dir: &Path, dataflow: &Path, events: &Path, workers: usize) {
     let opened = freshet::runtime::table_store::TableStore::open(&kdir.join("data"), collection, 1, 0, 1, 1)
         .expect("open the table state");
     let rows = opened.row_count;
+    let compacted = opened.store.file_bytes();
+    // What the rows hold: key (table + row key) and value (version, cells with lengths).
+    let data: usize = opened
+        .rows
+        .iter()
+        .flatten()
+        .map(|(_, k, r)| 2 + k.len() + 9 + r.cells.as_ref().map_or(0, |c| c.iter().map(|x| 4 + x.len()).sum()))
+        .sum();
     drop(opened);
+    let mib = |b: f64| b / 1048576.0;
     println!(
-        "kafka: table state {rows} rows (tombstones included) in {:.1} MiB = {:.0} bytes/row",
-        bytes as f64 / 1048576.0,
-        bytes as f64 / rows.max(1) as f64
+        "kafka: table state {rows} rows (tombstones included): {:.1} MiB as the run left it = {:.0} bytes/row, \
+         {:.1} MiB compacted (as each start does) = {:.0} bytes/row; the rows' own bytes {:.0}/row",
+        mib(bytes as f64),
+        bytes as f64 / rows.max(1) as f64,
+        mib(compacted as f64),
+        compacted as f64 / rows.max(1) as f64,
+        data as f64 / rows.max(1) as f64
     );
     let (t, secs, rss) = run(&kflow, &config, None);
     println!(

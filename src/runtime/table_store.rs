@@ -12,7 +12,8 @@
 //!
 //! A row is stored as key `table (u16, big-endian) ++ row key (UTF-8)` → value
 //! `version (u64, little-endian) ++ 0` for a tombstone, or `++ 1 ++ (len u32 LE, bytes)*`
-//! for the cells. The file also records the number of processes that wrote it: a cluster's
+//! for the cells. The file is compacted at each start (redb's free pages given back). It
+//! also records the number of processes that wrote it: a cluster's
 //! rows are split across its processes' files, so a cluster started with another number of
 //! processes is refused rather than started without the rows other processes held.
 
@@ -75,7 +76,7 @@ impl TableStore {
         }
         let created = !path.exists();
         let db = Database::create(&path).map_err(|e| format!("{shown}: {e}"))?;
-        let store = TableStore { db, path };
+        let mut store = TableStore { db, path };
         let err = |e: &dyn std::fmt::Display| format!("{shown}: {e}");
         // The layout: refuse a cluster started with another number of processes.
         {
@@ -115,6 +116,13 @@ impl TableStore {
                     rows[local].push((t, key, state));
                 }
             }
+        }
+        // Many small transactions (one per time and worker) leave free pages behind: give
+        // them back at each start, while nothing else uses the file.
+        let before = store.file_bytes();
+        match store.db.compact() {
+            Ok(_) => tracing::debug!(before, after = store.file_bytes(), "table state compacted"),
+            Err(e) => tracing::warn!(error = %e, "table state not compacted"),
         }
         Ok(Opened { store, created, rows, row_count })
     }
