@@ -15,7 +15,8 @@
 //!    row, `state/<collection>.tables.redb`) and a restart with nothing new: the time to load
 //!    the state, render every document and find the index equal (nothing written).
 //!
-//! `cargo bench --profile dev --bench tables -- [--docs N] [--fanout F] [--workers W] [--skip-kafka 1] [--kafka-only 1]`
+//! `cargo bench --profile dev --bench tables -- [--docs N] [--fanout F] [--workers W] [--skip-kafka 1] [--kafka-only 1]
+//!   [--max-records-per-pass N (Kafka: per partition and pass; the runtime's default 10,000)]`
 
 use std::io::Write;
 use std::path::Path;
@@ -281,15 +282,16 @@ fn kafka_restart(dir: &Path, dataflow: &Path, events: &Path, workers: usize) {
     std::fs::write(
         &config,
         format!(
-            "workers = {workers}\ndata_dir = \"{}\"\noptimize_interval_s = 1000000\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{prefix}\"\n",
-            kdir.join("data").display()
+            "workers = {workers}\ndata_dir = \"{}\"\noptimize_interval_s = 1000000\nmax_records_per_pass = {}\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{prefix}\"\n",
+            kdir.join("data").display(),
+            arg("--max-records-per-pass", 10_000)
         ),
     )
     .expect("config");
     let (t, secs, rss) = run(&kflow, &config, None);
     println!(
         "kafka: {} records ({produced} produced, 4 topics × 4 partitions) indexed in {secs:.1}s = {:.0} records/s; \
-         points {}; peak RSS {rss} MiB",
+         points upserted {}; peak RSS {rss} MiB",
         t["received"],
         t["received"].as_f64().unwrap_or(0.0) / secs,
         t["points_upserted"]
@@ -301,6 +303,14 @@ fn kafka_restart(dir: &Path, dataflow: &Path, events: &Path, workers: usize) {
         .find(|p| p.to_string_lossy().ends_with(".tables.redb"))
         .expect("the table state");
     let bytes = std::fs::metadata(&state).expect("size").len();
+    let points = {
+        use freshet::sink::Catalog;
+        let catalog = freshet::sink::embedded::EmbeddedCatalog::new(&kdir.join("data"));
+        let name =
+            state.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".tables.redb")).unwrap_or("");
+        catalog.open(name).and_then(|c| c.count()).expect("count the collection")
+    };
+    println!("kafka: the collection holds {points} points");
     let collection =
         state.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".tables.redb")).unwrap_or("");
     let opened = freshet::runtime::table_store::TableStore::open(&kdir.join("data"), collection, 1, 0, 1, 1)
@@ -328,7 +338,7 @@ fn kafka_restart(dir: &Path, dataflow: &Path, events: &Path, workers: usize) {
     let (t, secs, rss) = run(&kflow, &config, None);
     println!(
         "kafka: restart with nothing new: {secs:.1}s to load {rows} rows, render every document and find the \
-         index equal (whole process, start to exit); received {}, chunks embedded {}, points written {}; peak RSS {rss} MiB",
+         {points} points equal (whole process, start to exit); received {}, chunks embedded {}, points written {}; peak RSS {rss} MiB",
         t["received"],
         t["chunks_embedded"],
         t["points_upserted"].as_u64().unwrap_or(0)
