@@ -449,7 +449,15 @@ fn kafka_one_topic_per_table_survives_kill_9_and_resumes_from_committed_offsets(
     };
     let (first, rest) = events.split_at(1500);
     produce(first, &mut produced);
-    let mut child = spawn();
+    // Killed when dropped: a failing assertion leaves no run behind.
+    struct Run(std::process::Child);
+    impl Drop for Run {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Run(spawn());
     caught_up(produced.len());
     let chunks: Vec<&[RowEv]> = rest.chunks(100).collect();
     let kills: std::collections::BTreeSet<usize> = (0..5).map(|_| rng.random_range(0..chunks.len())).collect();
@@ -461,8 +469,8 @@ fn kafka_one_topic_per_table_survives_kill_9_and_resumes_from_committed_offsets(
         if !kills.contains(&i) {
             continue;
         }
-        child.kill().expect("kill -9");
-        child.wait().expect("wait");
+        child.0.kill().expect("kill -9");
+        child.0.wait().expect("wait");
         // The durable table state against the committed offsets.
         let committed: BTreeMap<(String, i32), i64> = TABLES
             .iter()
@@ -507,7 +515,7 @@ fn kafka_one_topic_per_table_survives_kill_9_and_resumes_from_committed_offsets(
         // The restart receives exactly the records after the committed offsets.
         resumed_at = below;
         resumed_from = committed;
-        child = spawn();
+        child = Run(spawn());
         caught_up(produced.len() - resumed_at);
     }
     let m = caught_up(produced.len() - resumed_at);
@@ -518,9 +526,9 @@ fn kafka_one_topic_per_table_survives_kill_9_and_resumes_from_committed_offsets(
         .filter(|(t, p, o, row)| row.is_none() && *o >= resumed_from.get(&(t.clone(), *p)).copied().unwrap_or(0).max(0))
         .count() as u64;
     assert_eq!(by_table.get("(none)").copied().unwrap_or(0), tombstones, "tombstones counted apart: {by_table:?}");
-    let status = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let status = std::process::Command::new("kill").arg("-TERM").arg(child.0.id().to_string()).status();
     assert!(status.is_ok_and(|s| s.success()));
-    assert!(child.wait().expect("wait").success(), "freshet did not stop cleanly");
+    assert!(child.0.wait().expect("wait").success(), "freshet did not stop cleanly");
     let exported = export(&dataflow, &config, true);
     let (expected, _) = expected_export(&db, 120);
     assert!(expected.len() > 50, "the history leaves documents: {}", expected.len());
