@@ -29,6 +29,13 @@ impl Follow {
         let input = dir.join("events.jsonl");
         std::fs::write(&input, "").expect("create input");
         let dataflow = write_dataflow(dir, &input);
+        let text = std::fs::read_to_string(&dataflow).expect("dataflow");
+        let text = text.replacen(
+            "max_wait_ms = 5",
+            &format!("max_wait_ms = 5\ncall_log = \"{}\"", dir.join("calls.log").display()),
+            1,
+        );
+        std::fs::write(&dataflow, text).expect("write dataflow");
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
         let config = dir.join("multi.config.toml");
         std::fs::write(
@@ -131,7 +138,8 @@ fn since(a: Cost, b: Cost) -> Cost {
 /// filter; rows in any order across tables, duplicates, stale re-sends, TOAST
 /// placeholders, foreign keys that move, parents deleted under live children), appended
 /// bit by bit to a followed file, the collection equals the oracle's join of the final
-/// tables, with 1, 2 and 4 workers, and the counters reconcile.
+/// tables, with 1, 2 and 4 workers; every distinct chunk text is embedded exactly once (the
+/// hash embedder's call log); and the counters reconcile, per table too.
 #[test]
 fn random_multi_table_histories_end_as_the_oracle_joins_them() {
     for (seed, workers) in [(1u64, 1usize), (2, 2), (3, 4)] {
@@ -145,6 +153,13 @@ fn random_multi_table_histories_end_as_the_oracle_joins_them() {
             std::thread::sleep(Duration::from_millis(15));
         }
         let m = run.caught_up();
+        // Every distinct chunk text embedded once (the hash embedder's call log lists the
+        // content hashes it was given), the collection's among them.
+        let log = std::fs::read_to_string(dir.path().join("calls.log")).unwrap_or_default();
+        let embedded: Vec<&str> = log.lines().flat_map(|l| l.split(' ').skip(1)).collect();
+        let distinct: std::collections::BTreeSet<&str> = embedded.iter().copied().collect();
+        assert_eq!(embedded.len(), distinct.len(), "seed {seed}: a chunk text was embedded twice");
+        assert_eq!(metric(&m, "freshet_chunks_embedded_total").unwrap_or(0.0) as usize, embedded.len());
         let by_table = assert_tables_reconcile(&m);
         for t in TABLES {
             assert!(by_table.get(t).is_some_and(|n| *n > 0), "seed {seed}: table {t} counted: {by_table:?}");
@@ -153,8 +168,10 @@ fn random_multi_table_histories_end_as_the_oracle_joins_them() {
         let dead = metric(&m, "freshet_events_total{outcome=\"dead_lettered\"}").unwrap_or(0.0);
         assert!(superseded > 0.0, "seed {seed}: the history re-sends stale rows");
         assert_eq!(dead, 0.0, "seed {seed}: nothing is dead-lettered");
-        let (expected, _) = expected_export(&db, 120);
+        let (expected, hashes) = expected_export(&db, 120);
         assert!(expected.len() > 50, "the history leaves documents: {}", expected.len());
+        let missing: Vec<_> = hashes.iter().map(|h| h.to_hex()).filter(|h| !distinct.contains(h.as_str())).collect();
+        assert!(missing.is_empty(), "seed {seed}: chunks of the collection never embedded: {missing:?}");
         assert_export_matches(&run.stop(), &expected);
     }
 }
