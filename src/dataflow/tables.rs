@@ -231,6 +231,18 @@ impl DocModel {
                         },
                     }
                 }
+                for (_, column) in self.join_cols.get(table).into_iter().flatten() {
+                    if !row.contains_key(column) {
+                        return RowOutcome::Rejected(Rejection {
+                            reason: "missing_column",
+                            message: format!(
+                                "column `{column}` of table `{}` is not in the row event: the dataflow joins on it \
+                                 (is it excluded from the connector's capture?)",
+                                self.table_name(table)
+                            ),
+                        });
+                    }
+                }
                 for (i, column) in self.join_cols.get(table).into_iter().flatten() {
                     let cell = cells.get(*i).map_or("null", String::as_str);
                     if cell != "null" && Self::key_of(cell).is_none() {
@@ -373,11 +385,17 @@ mod tests {
     fn a_row_keeps_its_columns_resolves_toast_and_ignores_older_versions() {
         let m = DocModel::for_spec(&DataflowSpec::multi_table_example_for_tests()).unwrap();
         let mut s = None;
-        let first = change(0, "1", 10, &[("article_id", "1"), ("title", "\"T\""), ("body", "\"B\""), ("extra", "5")]);
+        let first = change(
+            0,
+            "1",
+            10,
+            &[("article_id", "1"), ("title", "\"T\""), ("body", "\"B\""), ("author_id", "7"), ("extra", "5")],
+        );
         let RowOutcome::Changed { before: None, after: Some(cells) } = m.upsert(0, &mut s, &first) else { panic!() };
-        // article_id, title, body, status (absent: null), author_id (absent: null); `extra` dropped.
-        assert_eq!(cells, ["1", "\"T\"", "\"B\"", "null", "null"]);
-        let toast = change(0, "1", 12, &[("article_id", "1"), ("title", "\"U\""), ("body", "TOAST")]);
+        // article_id, title, body, status (absent: null), author_id; `extra` dropped.
+        assert_eq!(cells, ["1", "\"T\"", "\"B\"", "null", "7"]);
+        let toast =
+            change(0, "1", 12, &[("article_id", "1"), ("title", "\"U\""), ("body", "TOAST"), ("author_id", "7")]);
         let RowOutcome::Changed { after: Some(cells), .. } = m.upsert(0, &mut s, &toast) else { panic!() };
         assert_eq!(cells[2], "\"B\"", "the placeholder takes the stored value");
         assert_eq!(m.upsert(0, &mut s, &first), RowOutcome::Superseded);
@@ -402,6 +420,12 @@ mod tests {
             assert_eq!(r.reason, "wrong_type");
             assert!(r.message.contains("column `"), "{}", r.message);
         }
+        // A join column absent from the event (not null: absent) is refused by name.
+        let RowOutcome::Rejected(r) = m.upsert(0, &mut None, &change(0, "1", 5, &[("article_id", "1")])) else {
+            panic!("a missing join column")
+        };
+        assert_eq!(r.reason, "missing_column");
+        assert!(r.message.contains("`author_id`"), "{}", r.message);
         // A null foreign key is a row that names nothing, not an error.
         let ok = change(2, "4", 5, &[("id", "4"), ("article_id", "null"), ("tag", "\"x\"")]);
         assert!(matches!(m.upsert(2, &mut None, &ok), RowOutcome::Changed { .. }));
