@@ -231,7 +231,7 @@ impl DocModel {
                         },
                     }
                 }
-                for (_, column) in self.join_cols.get(table).into_iter().flatten() {
+                for (i, column) in self.join_cols.get(table).into_iter().flatten() {
                     if !row.contains_key(column) {
                         return RowOutcome::Rejected(Rejection {
                             reason: "missing_column",
@@ -242,8 +242,6 @@ impl DocModel {
                             ),
                         });
                     }
-                }
-                for (i, column) in self.join_cols.get(table).into_iter().flatten() {
                     let cell = cells.get(*i).map_or("null", String::as_str);
                     if cell != "null" && Self::key_of(cell).is_none() {
                         return RowOutcome::Rejected(Rejection {

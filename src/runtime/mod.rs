@@ -375,7 +375,9 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     if !suspects.is_empty() {
         inflight.done(store::InflightLog::CARRIED).map_err(io("updating the in-flight write log"))?;
     }
-    let table_states = open_table_state(&spec, &config, &physical, &boot, cluster.as_ref(), peers)?;
+    // This process's first worker (global index).
+    let first_worker = cluster.as_ref().map_or(0, |c| c.process * config.workers);
+    let table_states = open_table_state(&spec, &config, &physical, &boot, cluster.as_ref(), first_worker, peers)?;
     let dead_letters = Arc::new(DeadLetterLog::open(&config.data_dir).map_err(io("opening the dead-letter file"))?);
     metrics.dead_letters_before.store(dead_letters.count_existing(), Ordering::Relaxed);
 
@@ -492,10 +494,8 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     };
     let inits: Arc<Mutex<Vec<Option<InitialState>>>> =
         Arc::new(Mutex::new(boot.workers.into_iter().map(Some).collect()));
-    let first_version = table_states.as_ref().map_or(0, |(v, _)| *v);
-    let first_worker = cluster.as_ref().map_or(0, |c| c.process * config.workers);
     let table_states: Arc<Mutex<Vec<Option<TableState>>>> =
-        Arc::new(Mutex::new(table_states.map(|(_, s)| s.into_iter().map(Some).collect()).unwrap_or_default()));
+        Arc::new(Mutex::new(table_states.map(|s| s.into_iter().map(Some).collect()).unwrap_or_default()));
     let handle = rt.handle().clone();
     let spec_w = spec.clone();
     let metrics_w = Arc::clone(&metrics);
@@ -553,12 +553,14 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         let index = worker.index();
         let init = inits.lock().ok().and_then(|mut v| v.get_mut(index).and_then(Option::take)).unwrap_or_default();
         let shape = Rc::new(DocShape::new(&spec_w));
-        let tables =
-            crate::dataflow::tables::DocModel::for_spec(&spec_w).map(|m| Rc::new(m.with_first_version(first_version)));
         let table_state = table_states
             .lock()
             .ok()
             .and_then(|mut v| v.get_mut(index.saturating_sub(first_worker)).and_then(Option::take));
+        // Restored documents render at the start time (see `TableState::restore_version`).
+        let first_version = table_state.as_ref().map_or(0, |s| s.restore_version);
+        let tables =
+            crate::dataflow::tables::DocModel::for_spec(&spec_w).map(|m| Rc::new(m.with_first_version(first_version)));
         let shared = Arc::clone(&shared);
         let handle = handle.clone();
         let progress = Arc::clone(&progress_w);
@@ -639,17 +641,18 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
     Ok(totals)
 }
 
-/// The table state of a multi-table dataflow on Kafka ([`table_store`]): the start time
-/// (the restored documents' version) and each local worker's restored rows. None for other
-/// dataflows (a file source re-reads its whole file at start).
+/// The table state of a multi-table dataflow on Kafka ([`table_store`]): each local worker's
+/// restored rows and store, with the start time (the restored documents' version). None for
+/// other dataflows (a file source re-reads its whole file at start).
 fn open_table_state(
     spec: &DataflowSpec,
     config: &RuntimeConfig,
     collection: &str,
     boot: &bootstrap::Bootstrap,
     cluster: Option<&ClusterPlace>,
+    first_worker: usize,
     peers: usize,
-) -> Result<Option<(u64, Vec<TableState>)>, RuntimeError> {
+) -> Result<Option<Vec<TableState>>, RuntimeError> {
     if spec.document.root.is_none() || spec.source.kind != SourceKind::Kafka {
         return Ok(None);
     }
@@ -664,7 +667,6 @@ fn open_table_state(
         )));
     }
     let processes = cluster.map_or(1, |c| c.addresses.len());
-    let first_worker = cluster.map_or(0, |c| c.process * config.workers);
     let started = Instant::now();
     let opened =
         table_store::TableStore::open(&config.data_dir, collection, processes, first_worker, config.workers, peers)
@@ -681,7 +683,7 @@ fn open_table_state(
     let restore_version = now_ms();
     let states =
         opened.rows.into_iter().map(|rows| TableState { store: Arc::clone(&store), rows, restore_version }).collect();
-    Ok(Some((restore_version, states)))
+    Ok(Some(states))
 }
 
 /// Whether the pipeline is working, for the background optimiser.
