@@ -117,8 +117,8 @@ pub struct Metrics {
     pub events: Family<OutcomeLabel, Counter>,
     /// A multi-table dataflow's acknowledged row events by table and outcome.
     pub table_events: Family<TableOutcomeLabel, Counter>,
-    /// The tables' names, by index (set at start).
-    table_names: Mutex<Vec<String>>,
+    /// The tables' names, by index (set once, at start).
+    table_names: std::sync::OnceLock<Vec<String>>,
     /// Chunks sent to the embedder.
     pub chunks_embedded: Counter,
     /// Embedding batches.
@@ -390,7 +390,7 @@ impl Metrics {
             resident_memory_bytes,
             build_info,
             table_events,
-            table_names: Mutex::new(Vec::new()),
+            table_names: std::sync::OnceLock::new(),
             totals: Mutex::new(Tally::default()),
             commit_window: Mutex::new(LatencyWindow::default()),
             ingest_window: Mutex::new(LatencyWindow::default()),
@@ -402,16 +402,14 @@ impl Metrics {
 
     /// Name the tables of a multi-table dataflow (their index in the per-table counters).
     pub fn set_table_names(&self, names: Vec<String>) {
-        if let Ok(mut g) = self.table_names.lock() {
-            *g = names;
-        }
+        let _ = self.table_names.set(names);
     }
 
     /// Record a time's acknowledged per-table counters (table index `u16::MAX`: none).
     pub fn record_table_acked(&self, tables: &std::collections::BTreeMap<u16, Tally>) {
-        let names = self.table_names.lock().map(|g| g.clone()).unwrap_or_default();
+        let names = self.table_names.get().map_or(&[][..], Vec::as_slice);
         for (t, tally) in tables {
-            let table = names.get(*t as usize).cloned().unwrap_or_else(|| "(none)".into());
+            let table = names.get(*t as usize).map_or("(none)", String::as_str);
             for (outcome, n) in [
                 ("received", tally.received),
                 ("applied", tally.applied()),
@@ -420,7 +418,7 @@ impl Metrics {
                 ("dead_lettered", tally.dead_lettered),
             ] {
                 if n > 0 {
-                    self.table_events.get_or_create(&TableOutcomeLabel { table: table.clone(), outcome }).inc_by(n);
+                    self.table_events.get_or_create(&TableOutcomeLabel { table: table.to_string(), outcome }).inc_by(n);
                 }
             }
         }
