@@ -40,7 +40,31 @@ pub fn decode_debezium_json(
         Some(bytes) if !bytes.trim_ascii().is_empty() => bytes,
         _ => return Ok(Decoded::Skip(SkipKind::Tombstone)),
     };
-    let mut envelope = match unwrap_schema(parse_json(value, "value")?) {
+    let envelope = unwrap_schema(parse_json(value, "value")?);
+    decode_envelope(spec, envelope, &|| json_key(key), position)
+}
+
+/// The record key of a JSON record, parsed (`None`: no key, an empty or a null one).
+pub(super) fn json_key(key: Option<&[u8]>) -> Result<Option<Value>, DecodeError> {
+    let Some(bytes) = key.filter(|b| !b.trim_ascii().is_empty()) else {
+        return Ok(None);
+    };
+    Ok(Some(unwrap_schema(parse_json(bytes, "record key")?)).filter(|v| !v.is_null()))
+}
+
+/// Where a record's key comes from when an id column needs it: parsed (or decoded) only
+/// then, as JSON.
+pub(super) type KeySource<'a> = &'a dyn Fn() -> Result<Option<Value>, DecodeError>;
+
+/// Decode one Debezium envelope, already parsed as JSON (the value of a JSON record, or an
+/// Avro record mapped to the same JSON).
+pub(super) fn decode_envelope(
+    spec: &DecodeSpec,
+    envelope: Value,
+    key: KeySource<'_>,
+    position: u64,
+) -> Result<Decoded, DecodeError> {
+    let mut envelope = match envelope {
         Value::Null => return Ok(Decoded::Skip(SkipKind::Tombstone)),
         Value::Object(map) => map,
         other => {
@@ -156,14 +180,19 @@ pub(super) fn parse_json(bytes: &[u8], what: &str) -> Result<Value, DecodeError>
     })
 }
 
-/// `{"schema":…,"payload":P}` (JsonConverter with `schemas.enable=true`) → `P`; anything
-/// else unchanged.
+/// `{"schema":…,"payload":P}` (JsonConverter with `schemas.enable=true`) → `P`, with
+/// Kafka Connect's semantic types resolved through the schema ([`super::connect`]: the
+/// same payload the Avro converter's records give); anything else unchanged.
 pub(super) fn unwrap_schema(value: Value) -> Value {
     match value {
         Value::Object(mut map)
             if map.contains_key("payload") && map.keys().all(|k| k == "schema" || k == "payload") =>
         {
-            map.remove("payload").unwrap_or(Value::Null)
+            let mut payload = map.remove("payload").unwrap_or(Value::Null);
+            if let Some(schema) = map.get("schema") {
+                super::connect::apply_json_schema(&mut payload, schema);
+            }
+            payload
         }
         other => other,
     }
@@ -312,14 +341,11 @@ enum Key {
 }
 
 impl Key {
-    fn parse(bytes: Option<&[u8]>) -> Result<Self, DecodeError> {
-        let Some(bytes) = bytes.filter(|b| !b.trim_ascii().is_empty()) else {
-            return Ok(Key::Absent);
-        };
-        Ok(match unwrap_schema(parse_json(bytes, "record key")?) {
-            Value::Null => Key::Absent,
-            Value::Object(map) => Key::Struct(map),
-            other => Key::Other(other),
+    fn parse(key: KeySource<'_>) -> Result<Self, DecodeError> {
+        Ok(match key()? {
+            None | Some(Value::Null) => Key::Absent,
+            Some(Value::Object(map)) => Key::Struct(map),
+            Some(other) => Key::Other(other),
         })
     }
 
@@ -338,7 +364,7 @@ pub(super) fn doc_id(
     spec: &DecodeSpec,
     row: Option<&Map<String, Value>>,
     row_name: &str,
-    key: Option<&[u8]>,
+    key: KeySource<'_>,
 ) -> Result<DocId, DecodeError> {
     if spec.id_fields.is_empty() {
         return Err(DecodeError::new(DecodeErrorKind::MissingId, "no id fields are configured"));

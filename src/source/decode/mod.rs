@@ -3,8 +3,12 @@
 //! ([`SkipKind`]) or rejected ([`DecodeError`], which the reader dead-letters with its
 //! [`DecodeErrorKind::as_str`] reason). Decoders are pure functions of the bytes and the
 //! [`DecodeSpec`]: no I/O, no timely, no state between records. Debezium JSON lives in
-//! [`debezium`]; Avro with a schema registry comes later.
+//! [`debezium`], the plain upsert format in [`upsert`]; [`avro`] reads the Confluent wire
+//! format into the JSON those two read, and [`connect`] gives Kafka Connect's semantic
+//! types one meaning in both formats.
 
+pub mod avro;
+pub mod connect;
 pub mod debezium;
 pub mod upsert;
 
@@ -144,6 +148,14 @@ pub enum DecodeErrorKind {
     UnknownOp,
     /// Valid JSON, but not a Debezium change event, heartbeat or transaction record.
     NotDebezium,
+    /// An Avro format's key or value is not in the Confluent wire format (magic byte 0 and
+    /// a 4-byte schema id).
+    NotAvro,
+    /// An Avro datum does not decode with its writer schema.
+    InvalidAvro,
+    /// The schema registry does not know the record's schema id (HTTP 404), or serves a
+    /// schema that is not valid Avro.
+    UnknownSchema,
 }
 
 impl DecodeErrorKind {
@@ -157,6 +169,9 @@ impl DecodeErrorKind {
             DecodeErrorKind::WrongType => "wrong_type",
             DecodeErrorKind::UnknownOp => "unknown_op",
             DecodeErrorKind::NotDebezium => "not_debezium",
+            DecodeErrorKind::NotAvro => "not_avro",
+            DecodeErrorKind::InvalidAvro => "invalid_avro",
+            DecodeErrorKind::UnknownSchema => "unknown_schema",
         }
     }
 }

@@ -14,7 +14,7 @@
 
 use serde_json::Value;
 
-use super::debezium::{describe, doc_id, parse_json, unwrap_schema};
+use super::debezium::{describe, doc_id, json_key, parse_json, unwrap_schema, KeySource};
 use super::{DecodeError, DecodeErrorKind, DecodeSpec, Decoded};
 use crate::model::{ChangeOp, DocChange, FieldValue, Row, SourceRecord};
 
@@ -29,35 +29,43 @@ pub fn decode_upsert_json(
 ) -> Result<Decoded, DecodeError> {
     super::check_size(spec, key, value)?;
     // A key that is not JSON is its own text (a plain string key such as `article-7`).
-    let key_json: Option<Vec<u8>> = match key {
+    let key_source = || match key {
         Some(k) if !k.trim_ascii().is_empty() && serde_json::from_slice::<Value>(k).is_err() => {
             match std::str::from_utf8(k) {
-                Ok(text) => Some(Value::String(text.to_owned()).to_string().into_bytes()),
-                Err(e) => {
-                    return Err(DecodeError::new(
-                        DecodeErrorKind::InvalidUtf8,
-                        format!("the record key is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()),
-                    ))
-                }
+                Ok(text) => Ok(Some(Value::String(text.to_owned()))),
+                Err(e) => Err(DecodeError::new(
+                    DecodeErrorKind::InvalidUtf8,
+                    format!("the record key is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+                )),
             }
         }
-        _ => None,
+        _ => json_key(key),
     };
-    let key = key_json.as_deref().or(key);
-    let commit_ts_ms = timestamp_ms.filter(|&t| t > 0);
-
     let row = match value.filter(|v| !v.trim_ascii().is_empty()) {
-        None => None,
-        Some(bytes) => match unwrap_schema(parse_json(bytes, "value")?) {
-            Value::Null => None,
-            Value::Object(row) => Some(row),
-            other => {
-                return Err(DecodeError::new(
-                    DecodeErrorKind::WrongType,
-                    format!("the value is {}, expected a JSON object (the row) or null (a delete)", describe(&other)),
-                ))
-            }
-        },
+        None => Value::Null,
+        Some(bytes) => unwrap_schema(parse_json(bytes, "value")?),
+    };
+    decode_upsert_value(spec, row, &key_source, position, timestamp_ms)
+}
+
+/// Decode one upsert record whose value is already JSON (`Null`: a delete).
+pub(super) fn decode_upsert_value(
+    spec: &DecodeSpec,
+    value: Value,
+    key: KeySource<'_>,
+    position: u64,
+    timestamp_ms: Option<u64>,
+) -> Result<Decoded, DecodeError> {
+    let commit_ts_ms = timestamp_ms.filter(|&t| t > 0);
+    let row = match value {
+        Value::Null => None,
+        Value::Object(row) => Some(row),
+        other => {
+            return Err(DecodeError::new(
+                DecodeErrorKind::WrongType,
+                format!("the value is {}, expected an object (the row) or null (a delete)", describe(&other)),
+            ))
+        }
     };
     let Some(row) = row else {
         let doc_id = doc_id(spec, None, "value", key)?;
