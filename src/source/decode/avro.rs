@@ -432,6 +432,23 @@ mod tests {
             .expect("encodes")
     }
 
+    /// A registry's schemas by id, as the reader's cache holds them.
+    fn registry(schemas: &[(u32, &Value)]) -> HashMap<u32, Arc<AvroSchema>> {
+        schemas.iter().map(|(id, s)| (*id, Arc::new(AvroSchema::parse(&s.to_string()).expect("parses")))).collect()
+    }
+
+    fn lookup_in(schemas: &HashMap<u32, Arc<AvroSchema>>, id: u32) -> Result<Arc<AvroSchema>, DecodeError> {
+        schemas
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| DecodeError::new(DecodeErrorKind::UnknownSchema, format!("schema id {id}")))
+    }
+
+    /// `v` in the wire format under schema `id`.
+    fn wire(id: u32, schema: &Value, v: Avro) -> Vec<u8> {
+        [&[MAGIC][..], &id.to_be_bytes(), &encode(schema, v)].concat()
+    }
+
     #[test]
     fn wire_header_errors_are_named() {
         assert_eq!(wire_header(&[0, 0, 0, 1, 2, 9], "value").expect("header"), (258, &[9u8][..]));
@@ -590,17 +607,8 @@ mod tests {
             {"name": "op", "type": "string"},
             {"name": "ts_ms", "type": ["null", "long"], "default": null}
         ]});
-        let schemas: HashMap<u32, Arc<AvroSchema>> = [(1, &key_schema), (2, &value_schema)]
-            .into_iter()
-            .map(|(id, s)| (id, Arc::new(AvroSchema::parse(&s.to_string()).expect("parses"))))
-            .collect();
-        let lookup = |id: u32| {
-            schemas
-                .get(&id)
-                .cloned()
-                .ok_or_else(|| DecodeError::new(DecodeErrorKind::UnknownSchema, format!("schema id {id}")))
-        };
-        let wire = |id: u32, schema: &Value, v: Avro| [&[0u8][..], &id.to_be_bytes(), &encode(schema, v)].concat();
+        let schemas = registry(&[(1, &key_schema), (2, &value_schema)]);
+        let lookup = |id: u32| lookup_in(&schemas, id);
         let row = |body: Avro, price: Avro| {
             Avro::Union(
                 1,
@@ -684,17 +692,8 @@ mod tests {
         let key_schema = json!("string");
         let value_schema = json!({"type": "record", "name": "Article", "fields": [
             {"name": "title", "type": "string"}, {"name": "score", "type": "double"}]});
-        let schemas: HashMap<u32, Arc<AvroSchema>> = [(3, &key_schema), (4, &value_schema)]
-            .into_iter()
-            .map(|(id, s)| (id, Arc::new(AvroSchema::parse(&s.to_string()).expect("parses"))))
-            .collect();
-        let lookup = |id: u32| {
-            schemas
-                .get(&id)
-                .cloned()
-                .ok_or_else(|| DecodeError::new(DecodeErrorKind::UnknownSchema, format!("schema id {id}")))
-        };
-        let wire = |id: u32, schema: &Value, v: Avro| [&[0u8][..], &id.to_be_bytes(), &encode(schema, v)].concat();
+        let schemas = registry(&[(3, &key_schema), (4, &value_schema)]);
+        let lookup = |id: u32| lookup_in(&schemas, id);
         let key = wire(3, &key_schema, Avro::String("article-7".into()));
         let value = wire(
             4,
