@@ -349,7 +349,7 @@ fn full_name(node: &Map<String, Value>, ns: &str) -> Option<(String, String)> {
 fn shape_of(node: &Value, ns: &str, named: &mut HashMap<String, Shape>) -> Shape {
     match node {
         Value::String(t) => match t.as_str() {
-            "null" | "boolean" | "int" | "long" | "float" | "double" | "bytes" | "string" => PLAIN,
+            primitive if is_primitive(primitive) => PLAIN,
             name => {
                 let full = if name.contains('.') || ns.is_empty() { name.to_owned() } else { format!("{ns}.{name}") };
                 // A name relative to the enclosing namespace, else a name in no namespace.

@@ -113,7 +113,7 @@ pub fn apply_json_schema(value: &mut Value, schema: &Value) {
             return;
         }
         Semantic::VariableScaleDecimal => {
-            if let Some(d) = variable_scale_from_json(value) {
+            if let Some(d) = value.as_object().and_then(variable_scale) {
                 *value = Value::String(d);
             }
             return;
@@ -151,18 +151,12 @@ pub fn apply_json_schema(value: &mut Value, schema: &Value) {
     }
 }
 
-/// A `{scale, value}` struct as `JsonConverter` writes it (value in base64) → the decimal.
-fn variable_scale_from_json(value: &Value) -> Option<String> {
-    let map = value.as_object()?;
+/// A `{scale, value}` struct (the value in base64, as `JsonConverter` writes it and as the
+/// Avro decoder maps bytes) → the decimal.
+pub(super) fn variable_scale(map: &Map<String, Value>) -> Option<String> {
     let scale = u32::try_from(map.get("scale")?.as_u64()?).ok()?;
     let bytes = base64::engine::general_purpose::STANDARD.decode(map.get("value")?.as_str()?).ok()?;
     Some(decimal_string(&bytes, scale))
-}
-
-/// A `{scale, value}` struct already mapped to JSON from Avro (value as raw bytes in base64,
-/// the same shape) → the decimal.
-pub(super) fn variable_scale(map: &Map<String, Value>) -> Option<String> {
-    variable_scale_from_json(&Value::Object(map.clone()))
 }
 
 /// A JSON column: its string parsed, when it is JSON (the TOAST placeholder is not).
