@@ -378,6 +378,22 @@ pub struct DeadLetter {
     pub record_excerpt: Option<String>,
     /// The record's size in bytes.
     pub record_bytes: Option<usize>,
+    /// The record's key and value bytes, base64, for binary formats (Avro), whose excerpt
+    /// cannot show them: replay or inspect them from here. Up to 1 MiB of each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<RawRecordBytes>,
+}
+
+/// A dead-lettered record's bytes ([`DeadLetter::raw`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RawRecordBytes {
+    /// The key, base64 (none: a null key).
+    pub key_base64: Option<String>,
+    /// The value, base64 (none: a null value).
+    pub value_base64: Option<String>,
+    /// Whether either was cut at 1 MiB.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// How the dataflow classified one applied change.

@@ -20,7 +20,7 @@ use freshet::model::{ChangeOp, ContentHash, DeadLetter, SourceRecord};
 use freshet::source::decode::debezium::decode_debezium_json;
 use freshet::source::decode::upsert::decode_upsert_json;
 use freshet::source::decode::{DecodeError, DecodeErrorKind, DecodeSpec, Decoded};
-use freshet::source::{ingest, RawRecord};
+use freshet::source::{ingest, Decoder, RawRecord};
 
 /// One record as the record targets read it (see the crate docs).
 #[derive(Debug)]
@@ -151,7 +151,7 @@ pub fn dead_letter(data: &[u8]) {
     let source: Arc<str> = Arc::from("articles[3]");
     let peers = 3;
     let mut out: Vec<Routed> = Vec::new();
-    ingest(format, &r.spec, record, Some(&source), peers, &mut out);
+    ingest(Decoder::json(format), &r.spec, record, Some(&source), peers, &mut out);
     let counted = out.iter().filter(|o| o.counted).count();
     assert_eq!(counted, 1, "a record must be counted exactly once: {out:?}");
     match out.as_slice() {

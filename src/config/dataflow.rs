@@ -99,6 +99,35 @@ pub enum SourceFormat {
     /// null value = delete. Changes are ordered by partition offset, so `document.version`
     /// is not used with this format.
     UpsertJson,
+    /// Debezium's envelope rendered by an Avro converter: key and value in the Confluent
+    /// wire format, their writer schemas from the `[schema_registry]`. Same meaning as
+    /// `debezium-json`.
+    DebeziumAvro,
+    /// Plain upserts in Avro (key and value in the Confluent wire format, null value =
+    /// delete); as `upsert-json` otherwise.
+    UpsertAvro,
+}
+
+impl SourceFormat {
+    /// Whether records are Avro in the Confluent wire format (schemas from the registry).
+    pub fn is_avro(self) -> bool {
+        matches!(self, SourceFormat::DebeziumAvro | SourceFormat::UpsertAvro)
+    }
+
+    /// Whether records are plain upserts (ordered by offset, no envelope).
+    pub fn is_upsert(self) -> bool {
+        matches!(self, SourceFormat::UpsertJson | SourceFormat::UpsertAvro)
+    }
+
+    /// The name used in the dataflow file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceFormat::DebeziumJson => "debezium-json",
+            SourceFormat::UpsertJson => "upsert-json",
+            SourceFormat::DebeziumAvro => "debezium-avro",
+            SourceFormat::UpsertAvro => "upsert-avro",
+        }
+    }
 }
 
 /// How a row becomes a document.
@@ -537,12 +566,19 @@ impl DataflowSpec {
                 return Err(bad("`source.path` and `source.key_separator` are for file sources only".into()));
             }
         }
-        if self.source.format == SourceFormat::UpsertJson && self.document.version.is_some() {
-            return Err(bad(
-                "`document.version` cannot be used with format \"upsert-json\": its deletes carry no row, so \
-                 changes are ordered by partition offset (remove `document.version`)"
-                    .into(),
-            ));
+        if self.source.format.is_upsert() && self.document.version.is_some() {
+            return Err(bad(format!(
+                "`document.version` cannot be used with format \"{}\": its deletes carry no row, so changes are \
+                 ordered by partition offset (remove `document.version`)",
+                self.source.format.as_str()
+            )));
+        }
+        if self.source.format.is_avro() && self.source.kind != SourceKind::Kafka {
+            return Err(bad(format!(
+                "format \"{}\" reads Avro records in the schema registry's wire format from Kafka: use a kafka \
+                 source (a file source holds JSON lines)",
+                self.source.format.as_str()
+            )));
         }
         Ok(self)
     }
@@ -668,8 +704,8 @@ impl DataflowSpec {
                 "`[[tables]] topics` is for a kafka source (a file source's tables are told apart by `table`)".into()
             );
         }
-        if self.source.format != SourceFormat::DebeziumJson {
-            return Err("a multi-table dataflow reads Debezium events (`format = \"debezium-json\"`): the table of a record comes from its envelope".into());
+        if self.source.format.is_upsert() {
+            return Err("a multi-table dataflow reads Debezium events (`format = \"debezium-json\"` or \"debezium-avro\"): the table of a record comes from its envelope".into());
         }
         Ok(m)
     }
@@ -736,6 +772,21 @@ mod tests {
         let no_topics = text.replace("topics = [\"app.public.articles\"]", "");
         let spec: DataflowSpec = parse_toml(&path, &no_topics).expect("parses");
         assert!(spec.validate(&path).is_err());
+        // Avro: from Kafka only; upsert-avro refuses a version like upsert-json.
+        let avro = text.replace("format = \"debezium-json\"", "format = \"debezium-avro\"");
+        let spec: DataflowSpec = parse_toml(&path, &avro).expect("parses");
+        assert_eq!(spec.clone().validate(&path).expect("debezium-avro").source.format, SourceFormat::DebeziumAvro);
+        let upsert_avro = text.replace("format = \"debezium-json\"", "format = \"upsert-avro\"");
+        let err =
+            parse_toml::<DataflowSpec>(&path, &upsert_avro).expect("parses").validate(&path).expect_err("version");
+        assert!(err.to_string().contains("upsert-avro"), "{err}");
+        let file_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/articles.toml");
+        let file_text = std::fs::read_to_string(&file_path)
+            .expect("read")
+            .replace("format = \"debezium-json\"", "format = \"debezium-avro\"");
+        let err =
+            parse_toml::<DataflowSpec>(&file_path, &file_text).expect("parses").validate(&file_path).expect_err("file");
+        assert!(err.to_string().contains("kafka source"), "{err}");
     }
 
     #[test]

@@ -13,7 +13,8 @@ pub use dataflow::{
     SourceFormat, SourceKind, SourceSpec, TemplatePart, TextTemplate, TruncatePolicy,
 };
 pub use runtime::{
-    ClusterConfig, KafkaConfig, QdrantConfig, RuntimeConfig, SafetyConfig, StartFrom, OWNED_KAFKA_PROPERTIES,
+    ClusterConfig, KafkaConfig, QdrantConfig, RuntimeConfig, SafetyConfig, SchemaRegistryConfig, StartFrom,
+    OWNED_KAFKA_PROPERTIES,
 };
 
 use std::path::{Path, PathBuf};

@@ -54,6 +54,9 @@ pub struct RuntimeConfig {
     /// The Qdrant server, for dataflows with a `qdrant` sink.
     #[serde(default)]
     pub qdrant: Option<QdrantConfig>,
+    /// The schema registry, for dataflows reading Avro (`debezium-avro`, `upsert-avro`).
+    #[serde(default)]
+    pub schema_registry: Option<SchemaRegistryConfig>,
     /// The processes of a timely cluster (`freshet run --process I`); `--hosts FILE`
     /// overrides the addresses.
     #[serde(default)]
@@ -175,6 +178,74 @@ fn default_qdrant_max_backoff_ms() -> u64 {
     10_000
 }
 
+/// The schema registry Avro records name their writer schemas in (`[schema_registry]`):
+/// any registry with the Confluent REST API — Confluent Schema Registry, Karapace and
+/// Redpanda at their base URL (`http://host:8081`), Apicurio at its compatibility path
+/// (`http://host:8080/apis/ccompat/v7`). Schemas are fetched by id (`GET
+/// /schemas/ids/{id}`) on first sight and kept for the life of the process and on disk
+/// (`data_dir/schemas/`), so a restart decodes the records it has seen schemas for even
+/// while the registry is down.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// Base URL, or several (a list) tried in turn; `https://` uses TLS.
+    #[serde(deserialize_with = "one_or_many")]
+    pub url: Vec<String>,
+    /// User for HTTP basic authentication (Confluent Cloud: the API key).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding the basic-auth password (Confluent Cloud: the API
+    /// secret); never logged.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Environment variable holding a bearer token (sent as `Authorization: Bearer`);
+    /// never logged.
+    #[serde(default)]
+    pub bearer_token_env: Option<String>,
+    /// PEM file of the CA that signed the registry's certificate (added to the system roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Timeout of one request, in milliseconds.
+    #[serde(default = "default_registry_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Timeout of connecting, in milliseconds.
+    #[serde(default = "default_registry_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest wait between retries while the registry cannot be reached or answers 5xx,
+    /// in milliseconds (the wait doubles from 200 ms). Records needing a schema it has not
+    /// served yet wait meanwhile; nothing is skipped or dead-lettered.
+    #[serde(default = "default_registry_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+fn default_registry_timeout_ms() -> u64 {
+    10_000
+}
+fn default_registry_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_registry_max_backoff_ms() -> u64 {
+    10_000
+}
+
+/// A string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let urls = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(u) => vec![u],
+        OneOrMany::Many(v) => v,
+    };
+    if urls.is_empty() || urls.iter().any(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
+        return Err(serde::de::Error::custom("`schema_registry.url` must be one or more http:// or https:// URLs"));
+    }
+    Ok(urls)
+}
+
 /// Where the Kafka topics live and how freshet records its progress (`[kafka]`).
 ///
 /// Partitions are assigned to timely workers by freshet itself (not by group rebalancing);
@@ -275,6 +346,7 @@ impl Default for RuntimeConfig {
             optimize_interval_s: default_optimize_interval_s(),
             kafka: None,
             qdrant: None,
+            schema_registry: None,
             cluster: None,
             safety: SafetyConfig::default(),
         }

@@ -44,6 +44,7 @@ use crate::source::decode::DecodeSpec;
 use crate::source::file::{file_source, FileSourceOptions};
 use crate::source::kafka::reader::{kafka_source, KafkaSourceOptions};
 use crate::source::kafka::{plan, KafkaSourceError, StartPosition};
+use crate::source::registry::SchemaRegistry;
 use crate::source::{now_ms, SourceProgress};
 use crate::telemetry::live::Live;
 use crate::telemetry::metrics::Metrics;
@@ -513,12 +514,28 @@ pub fn run(opts: RunOptions, stop: Arc<AtomicBool>) -> Result<Tally, RuntimeErro
         max_passes_in_flight: config.max_passes_in_flight,
         whole_first_pass: spec.document.root.is_some(),
     };
+    let registry = if spec.source.format.is_avro() {
+        let Some(r) = &config.schema_registry else {
+            return Err(RuntimeError::Config(format!(
+                "format \"{}\" reads Avro whose schemas live in a schema registry, but the runtime config has no \
+                 [schema_registry] section",
+                spec.source.format.as_str()
+            )));
+        };
+        let registry = SchemaRegistry::open(r, Some(config.data_dir.join("schemas")), Some(Arc::clone(&metrics)))
+            .map_err(|e| RuntimeError::Config(e.to_string()))?;
+        tracing::info!(urls = ?r.url, "reading Avro schemas from the registry");
+        Some(registry)
+    } else {
+        None
+    };
     let kafka_opts = match (&kafka_plan, &config.kafka) {
         (Some(plan), Some(k)) => Some(KafkaSourceOptions {
             kafka: k.clone(),
             plan: plan.clone(),
             format: spec.source.format,
             decode,
+            registry,
             max_records_per_pass: config.max_records_per_pass,
             max_passes_in_flight: config.max_passes_in_flight,
             commit: replay.is_none(),

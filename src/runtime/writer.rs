@@ -235,6 +235,7 @@ fn build_ops(
                     doc_id: Some(w.doc_id.0.clone()),
                     record_excerpt: Some(u.text.chars().take(1024).collect()),
                     record_bytes: Some(u.text.len()),
+                    raw: None,
                 });
                 deletes.push(id);
             }
@@ -350,6 +351,7 @@ async fn write(s: &Arc<WriterShared>, mut r: Resolved) -> Tally {
                     doc_id: Some(w.doc_id.0.clone()),
                     record_excerpt: None,
                     record_bytes: None,
+                    raw: None,
                 });
             }
         }

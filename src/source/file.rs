@@ -73,7 +73,7 @@ pub fn ingest_line(
     };
     let value = if value.trim_ascii() == b"null" { None } else { Some(value) };
     let record = RawRecord { key, value, position, timestamp_ms: None, headers: &[] };
-    ingest(format, spec, record, None, peers, out);
+    ingest(crate::source::Decoder::json(format), spec, record, None, peers, out);
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

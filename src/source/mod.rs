@@ -6,6 +6,7 @@
 pub mod decode;
 pub mod file;
 pub mod kafka;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,7 +14,8 @@ use std::sync::Mutex;
 
 use crate::config::SourceFormat;
 use crate::dataflow::{Ingested, Routed};
-use crate::model::{route, ChangeOp, DeadLetter, FieldValue, SourceRecord};
+use crate::model::{route, ChangeOp, DeadLetter, FieldValue, RawRecordBytes, SourceRecord};
+use decode::avro::{decode_debezium_avro, decode_upsert_avro, SchemaLookup};
 use decode::debezium::decode_debezium_json;
 use decode::upsert::decode_upsert_json;
 use decode::{DecodeSpec, Decoded, SkipKind};
@@ -149,11 +151,31 @@ pub struct RawRecord<'a> {
     pub headers: &'a [(&'a str, Option<&'a [u8]>)],
 }
 
+/// How [`ingest`] decodes records: the format, and for Avro the writer schemas by id.
+#[derive(Clone, Copy)]
+pub struct Decoder<'a> {
+    /// The record format.
+    pub format: SourceFormat,
+    /// Writer schemas by registry id (Avro formats; the reader resolves a record's ids
+    /// before handing it over). None with an Avro format: every record is a dead letter.
+    pub schemas: Option<SchemaLookup<'a>>,
+}
+
+impl<'a> Decoder<'a> {
+    /// A decoder of a JSON format (no schemas).
+    pub fn json(format: SourceFormat) -> Self {
+        Self { format, schemas: None }
+    }
+}
+
+/// Most bytes of a key or a value a dead letter keeps ([`DeadLetter::raw`]).
+const RAW_KEEP: usize = 1 << 20;
+
 /// Decode one record into routed items (`peers` copies for a broadcast truncate).
 /// `source` names where it came from (`topic[partition]`; the record's position follows
 /// it in dead-letter entries: `topic[partition]@offset`).
 pub fn ingest(
-    format: SourceFormat,
+    decoder: Decoder<'_>,
     spec: &DecodeSpec,
     record: RawRecord<'_>,
     source: Option<&std::sync::Arc<str>>,
@@ -161,9 +183,18 @@ pub fn ingest(
     out: &mut Vec<Routed>,
 ) {
     let RawRecord { key, value, position, timestamp_ms, headers } = record;
-    let decode = |spec: &DecodeSpec| match format {
+    let no_registry = |_: u32| -> Result<std::sync::Arc<decode::avro::AvroSchema>, decode::DecodeError> {
+        Err(decode::DecodeError::new(
+            decode::DecodeErrorKind::UnknownSchema,
+            "an Avro format needs a schema registry (`[schema_registry]` in the runtime config)",
+        ))
+    };
+    let schemas: SchemaLookup<'_> = decoder.schemas.unwrap_or(&no_registry);
+    let decode = |spec: &DecodeSpec| match decoder.format {
         SourceFormat::DebeziumJson => decode_debezium_json(spec, key, value, position),
         SourceFormat::UpsertJson => decode_upsert_json(spec, key, value, position, timestamp_ms),
+        SourceFormat::DebeziumAvro => decode_debezium_avro(spec, schemas, key, value, position),
+        SourceFormat::UpsertAvro => decode_upsert_avro(spec, schemas, key, value, position, timestamp_ms),
     };
     let decoded = if spec.tables.is_empty() {
         decode(spec)
@@ -208,6 +239,16 @@ pub fn ingest(
             item: Ingested::Skipped { position, kind: skip_name(&kind).into() },
         }),
         Err(e) => {
+            let raw = decoder.format.is_avro().then(|| {
+                let b64 = |b: &[u8]| {
+                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &b[..b.len().min(RAW_KEEP)])
+                };
+                RawRecordBytes {
+                    key_base64: key.map(b64),
+                    value_base64: value.map(b64),
+                    truncated: key.is_some_and(|k| k.len() > RAW_KEEP) || value.is_some_and(|v| v.len() > RAW_KEEP),
+                }
+            });
             let mut excerpt = Vec::new();
             if let Some(k) = key {
                 excerpt.extend_from_slice(&k[..k.len().min(256)]);
@@ -227,6 +268,7 @@ pub fn ingest(
                     doc_id: None,
                     record_excerpt: Some(String::from_utf8_lossy(&excerpt).into_owned()),
                     record_bytes: Some(key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len)),
+                    raw,
                 }),
             })
         }

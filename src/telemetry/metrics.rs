@@ -135,6 +135,10 @@ pub struct Metrics {
     pub frontier_lag_seconds: Gauge<f64, AtomicU64>,
     /// Kafka offset commits by result (`ok`, `failed`).
     pub offset_commits: Family<ResultLabel, Counter>,
+    /// Schema registry requests by result (`ok`, `not_found`, `invalid`, `error`).
+    pub schema_registry_requests: Family<ResultLabel, Counter>,
+    /// Schema ids the registry client holds (known and unknown).
+    pub schema_cache_size: Gauge,
     /// Live documents in the state (exact, maintained by a differential count).
     pub state_documents: Gauge,
     /// Their chunks: the points the collection holds once caught up.
@@ -253,6 +257,18 @@ impl Metrics {
             "Kafka offset commits of acknowledged records, by result",
             offset_commits.clone(),
         );
+        let schema_registry_requests = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "schema_registry_requests",
+            "Schema registry requests (Avro formats) by result: ok, not_found (dead letters), invalid (not Avro), error (retried; records wait)",
+            schema_registry_requests.clone(),
+        );
+        let schema_cache_size = Gauge::default();
+        registry.register(
+            "schema_cache_size",
+            "Schema ids the registry client holds (fetched, read from the disk cache, or known to be unknown)",
+            schema_cache_size.clone(),
+        );
         let stage_frontier = Family::<StageLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "stage_frontier_timestamp_seconds",
@@ -366,6 +382,8 @@ impl Metrics {
             sink_rejected,
             frontier_lag_seconds,
             offset_commits,
+            schema_registry_requests,
+            schema_cache_size,
             state_documents,
             state_chunks,
             stage_frontier,

@@ -48,8 +48,11 @@ pub struct Services {
 pub fn services() -> &'static Services {
     static SERVICES: OnceLock<Services> = OnceLock::new();
     SERVICES.get_or_init(|| {
-        let st = services_script().args(["start", "postgres", "connect"]).status().expect("run scripts/services");
-        assert!(st.success(), "scripts/services start postgres connect failed (see .tools/logs/)");
+        let st = services_script()
+            .args(["start", "postgres", "connect", "registry"])
+            .status()
+            .expect("run scripts/services");
+        assert!(st.success(), "scripts/services start postgres connect registry failed (see .tools/logs/)");
         let out = services_script().arg("env").output().expect("scripts/services env");
         assert!(out.status.success(), "scripts/services env: {}", String::from_utf8_lossy(&out.stderr));
         let env: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
@@ -161,13 +164,26 @@ impl Connector {
         tables: &[String],
         overrides: &[(&str, &str)],
     ) -> Self {
+        Self::register_from("config/debezium-postgres.json", svc, name, topic_prefix, tables, overrides)
+    }
+
+    /// [`Connector::register`] from another connector file of `config/` (e.g. the Avro
+    /// converter's, `config/debezium-postgres-avro.json`).
+    pub fn register_from(
+        file: &str,
+        svc: &'static Services,
+        name: &str,
+        topic_prefix: &str,
+        tables: &[String],
+        overrides: &[(&str, &str)],
+    ) -> Self {
         assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{name}");
         let marker = format!("{name}_marker");
         svc.psql(&format!(
             "CREATE TABLE {marker} (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO {marker} VALUES (1, 0);"
         ));
-        let file = repo().join("config/debezium-postgres.json");
-        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).expect("config/debezium-postgres.json"))
+        let file = repo().join(file);
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).expect("the connector file"))
             .expect("connector config JSON");
         let mut config = Map::new();
         for (k, v) in doc["config"].as_object().expect("a `config` object") {
@@ -328,6 +344,15 @@ pub type OffsetRecord = (i32, i64, Option<String>, Option<String>);
 
 /// [`read_topic`] with each record's offset.
 pub fn read_topic_with_offsets(bootstrap: &str, topic: &str) -> Vec<OffsetRecord> {
+    let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
+    read_topic_bytes(bootstrap, topic).into_iter().map(|(p, o, k, v)| (p, o, text(k), text(v))).collect()
+}
+
+/// A record's partition, offset, key bytes and value bytes.
+pub type RawTopicRecord = (i32, i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// [`read_topic_with_offsets`] with the bytes as they are (Avro).
+pub fn read_topic_bytes(bootstrap: &str, topic: &str) -> Vec<RawTopicRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("{topic}-reader"))
@@ -345,7 +370,7 @@ pub fn read_topic_with_offsets(bootstrap: &str, topic: &str) -> Vec<OffsetRecord
             tpl.add_partition_offset(topic, p, Offset::Offset(low)).expect("partition");
         }
     }
-    let mut by_partition: BTreeMap<i32, Vec<OffsetRecord>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, Vec<RawTopicRecord>> = BTreeMap::new();
     if ends.is_empty() {
         return Vec::new();
     }
@@ -356,12 +381,11 @@ pub fn read_topic_with_offsets(bootstrap: &str, topic: &str) -> Vec<OffsetRecord
         assert!(start.elapsed() < Duration::from_secs(60), "reading {topic}: not at the high watermarks after 60 s");
         let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
         let m = m.expect("consume");
-        let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
         by_partition.entry(m.partition()).or_default().push((
             m.partition(),
             m.offset(),
-            text(m.key()),
-            text(m.payload()),
+            m.key().map(<[u8]>::to_vec),
+            m.payload().map(<[u8]>::to_vec),
         ));
         if m.offset() + 1 >= ends[&m.partition()] {
             done.insert(m.partition(), true);
@@ -590,4 +614,140 @@ pub fn insert(table: &str, id: u64, body: &str, category: Option<&str>, rng: &mu
         rng.random_range(0..5),
         tags(rng)
     )
+}
+
+// ---- the articles workload of the end-to-end tests --------------------------------------------------------------------------
+
+/// Create `name` and load 310 articles (10 of them with a body large enough to be TOASTed)
+/// in one transaction; `full`: `REPLICA IDENTITY FULL`.
+pub fn create_and_load(name: &str, full: bool, rng: &mut ChaCha8Rng) -> String {
+    let mut sql = format!(
+        "CREATE TABLE {name} (id bigint PRIMARY KEY, title text NOT NULL, body text NOT NULL, \
+         status text NOT NULL, priority int NOT NULL, tags text[] NOT NULL);\n"
+    );
+    if full {
+        sql.push_str(&format!("ALTER TABLE {name} REPLICA IDENTITY FULL;\n"));
+    }
+    sql.push_str("BEGIN;\n");
+    for id in 1..=300 {
+        let b = body(rng);
+        sql.push_str(&insert(name, id, &b, None, rng));
+    }
+    for id in 301..=310 {
+        let b = large_body(rng);
+        sql.push_str(&insert(name, id, &b, None, rng));
+    }
+    sql.push_str("COMMIT;\n");
+    sql
+}
+
+/// Replace the first paragraph of `id`'s body.
+pub fn edit_first_paragraph(table: &str, id: u64, rng: &mut ChaCha8Rng) -> String {
+    format!(
+        "UPDATE {table} SET body = {} || substr(body, strpos(body, E'\\n\\n')) WHERE id = {id};\n",
+        lit(&paragraph(rng, false))
+    )
+}
+
+/// Append a paragraph to the bodies of the rows `filter` selects.
+pub fn append_paragraph(table: &str, filter: &str, rng: &mut ChaCha8Rng) -> String {
+    format!("UPDATE {table} SET body = body || E'\\n\\n' || {} WHERE {filter};\n", lit(&paragraph(rng, false)))
+}
+
+/// Streaming changes of every kind but a schema change and a truncate: inserts, text edits,
+/// metadata-only edits (of TOASTed rows too), deletes, one transaction touching many rows, a
+/// delete and re-insert, an update that changes nothing.
+pub fn round_one(t: &str, rng: &mut ChaCha8Rng) -> String {
+    let mut sql = String::new();
+    // Inserts, one transaction each.
+    for id in 311..=360 {
+        let b = body(rng);
+        sql.push_str(&insert(t, id, &b, None, rng));
+    }
+    // Text edits: a paragraph replaced, one appended, the whole body rewritten, the title.
+    for id in 1..=20 {
+        sql.push_str(&edit_first_paragraph(t, id, rng));
+    }
+    for id in 21..=30 {
+        sql.push_str(&append_paragraph(t, &format!("id = {id}"), rng));
+    }
+    for id in 31..=40 {
+        sql.push_str(&format!("UPDATE {t} SET body = {} WHERE id = {id};\n", lit(&body(rng))));
+    }
+    sql.push_str(&format!("UPDATE {t} SET title = title || ' (revised)' WHERE id IN (121, 122);\n"));
+    // Metadata only.
+    sql.push_str(&format!(
+        "UPDATE {t} SET status = 'published', priority = priority + 1 WHERE id BETWEEN 41 AND 60;\n"
+    ));
+    sql.push_str(&format!("UPDATE {t} SET tags = array_append(tags, 'edited') WHERE id BETWEEN 55 AND 80;\n"));
+    // Metadata only, the large body TOASTed and unchanged.
+    sql.push_str(&format!("UPDATE {t} SET status = 'featured' WHERE id BETWEEN 301 AND 305;\n"));
+    sql.push_str(&format!("UPDATE {t} SET priority = 7, tags = ARRAY['long'] WHERE id = 306;\n"));
+    // Deletes.
+    sql.push_str(&format!("DELETE FROM {t} WHERE id BETWEEN 81 AND 100;\n"));
+    sql.push_str(&format!("DELETE FROM {t} WHERE id IN (350, 351, 352, 309);\n"));
+    // One transaction touching many rows (and one row twice, one row born and gone in it).
+    sql.push_str("BEGIN;\n");
+    sql.push_str(&format!("UPDATE {t} SET priority = priority + 10 WHERE id % 7 = 0;\n"));
+    sql.push_str(&append_paragraph(t, "id % 11 = 0 AND id < 300", rng));
+    sql.push_str(&format!("DELETE FROM {t} WHERE id % 13 = 0 AND id < 200;\n"));
+    for id in 361..=380 {
+        let b = body(rng);
+        sql.push_str(&insert(t, id, &b, None, rng));
+    }
+    sql.push_str(&format!("UPDATE {t} SET status = 'a' WHERE id = 5;\n"));
+    sql.push_str(&format!("UPDATE {t} SET status = 'b', body = {} WHERE id = 5;\n", lit(&body(rng))));
+    let b = body(rng);
+    sql.push_str(&insert(t, 999, &b, None, rng));
+    sql.push_str(&format!("DELETE FROM {t} WHERE id = 999;\n"));
+    sql.push_str("COMMIT;\n");
+    // A row deleted and created again with other content.
+    sql.push_str(&format!("DELETE FROM {t} WHERE id = 110;\n"));
+    let b = body(rng);
+    sql.push_str(&insert(t, 110, &b, None, rng));
+    // An update that changes nothing.
+    sql.push_str(&format!("UPDATE {t} SET status = status WHERE id = 120;\n"));
+    sql
+}
+
+/// A truncate and reload (when `truncate`), `ADD COLUMN category` and writes that use it, the
+/// TOASTed body unchanged again (row 303's title edit is unresolvable with DEFAULT), more edits.
+pub fn round_two(t: &str, truncate: bool, rng: &mut ChaCha8Rng) -> String {
+    let mut sql = String::new();
+    if truncate {
+        // Emptied and reloaded in one transaction (ids reused with other content).
+        sql.push_str(&format!("BEGIN;\nTRUNCATE {t};\n"));
+        for id in 1..=150 {
+            let b = body(rng);
+            sql.push_str(&insert(t, id, &b, None, rng));
+        }
+        for id in 301..=310 {
+            let b = large_body(rng);
+            sql.push_str(&insert(t, id, &b, None, rng));
+        }
+        sql.push_str("COMMIT;\n");
+    }
+    // A new column mid-stream, then writes that use it.
+    sql.push_str(&format!("ALTER TABLE {t} ADD COLUMN category text;\n"));
+    sql.push_str(&format!("UPDATE {t} SET category = 'news' WHERE id % 5 = 0;\n"));
+    for id in 400..=420 {
+        let b = body(rng);
+        sql.push_str(&insert(t, id, &b, Some(if id % 2 == 0 { "howto" } else { "opinion" }), rng));
+    }
+    // The TOASTed body unchanged again: metadata (and the new column) only.
+    sql.push_str(&format!("UPDATE {t} SET status = 'archived', category = 'longread' WHERE id IN (301, 302);\n"));
+    // The title edited while the TOASTed body is unchanged: with DEFAULT, Debezium sends the
+    // body as a placeholder and freshet cannot re-chunk (dead-lettered); with FULL it is whole.
+    // The body's next edit sends the whole row again.
+    sql.push_str(&format!("UPDATE {t} SET title = 'Retitled: ' || title WHERE id = 303;\n"));
+    sql.push_str(&format!("UPDATE {t} SET body = body || E'\\n\\nA correction.' WHERE id = 303;\n"));
+    sql.push_str(&format!("DELETE FROM {t} WHERE id = 304;\n"));
+    sql.push_str(&format!("UPDATE {t} SET status = 'final' WHERE id = 310;\n"));
+    // More of everything.
+    for id in 2..=12 {
+        sql.push_str(&edit_first_paragraph(t, id, rng));
+    }
+    sql.push_str(&format!("DELETE FROM {t} WHERE id BETWEEN 13 AND 20;\n"));
+    sql.push_str(&format!("UPDATE {t} SET priority = priority + 100, category = NULL WHERE id BETWEEN 25 AND 45;\n"));
+    sql
 }

@@ -130,6 +130,7 @@ pub fn process_time(
                         doc_id: None,
                         record_excerpt: None,
                         record_bytes: None,
+                        raw: None,
                     }));
                 }
             }
@@ -268,6 +269,7 @@ fn rejected(c: &DocChange, r: crate::dataflow::state::Rejection) -> DeadLetter {
         doc_id: Some(c.doc_id.0.clone()),
         record_excerpt: None,
         record_bytes: None,
+        raw: None,
     }
 }
 

@@ -219,6 +219,7 @@ pub fn upsert_time(
                             doc_id: Some(format!("{}:{}", model.table_name(t), c.doc_id)),
                             record_excerpt: None,
                             record_bytes: None,
+                            raw: None,
                         })));
                         state = None;
                     }
@@ -246,6 +247,7 @@ pub fn upsert_time(
                         doc_id: None,
                         record_excerpt: None,
                         record_bytes: None,
+                        raw: None,
                     })));
                 }
             }

@@ -20,6 +20,11 @@
 //!
 //! **Frontier.** The capability follows the clock even when no records arrive, so an idle
 //! or caught-up topic does not hold the frontier back.
+//!
+//! **Avro.** A record whose schema ids the registry client has not resolved yet
+//! ([`SchemaRegistry::ready`]) is held, with the rest of its partition behind it, and read
+//! again at a later pass: its offset is not passed, so nothing behind it is committed and
+//! the lag shows the wait. The worker never blocks on the registry.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -37,8 +42,10 @@ use super::client::{client_config, FreshetContext};
 use super::{owner, PartitionPlan};
 use crate::config::{KafkaConfig, SourceFormat};
 use crate::dataflow::{Routed, Time};
+use crate::source::decode::avro::{schema_ids, SchemaLookup};
 use crate::source::decode::DecodeSpec;
-use crate::source::{ingest, now_ms, RawRecord, SourceProgress};
+use crate::source::registry::{Lookup, SchemaRegistry};
+use crate::source::{ingest, now_ms, Decoder, RawRecord, SourceProgress};
 
 /// Options of the Kafka reader.
 #[derive(Debug, Clone)]
@@ -51,6 +58,8 @@ pub struct KafkaSourceOptions {
     pub format: SourceFormat,
     /// Decoding rules.
     pub decode: DecodeSpec,
+    /// The schema registry client (Avro formats).
+    pub registry: Option<Arc<SchemaRegistry>>,
     /// Records per partition per pass.
     pub max_records_per_pass: usize,
     /// Unacknowledged passes before the partitions are paused.
@@ -76,6 +85,9 @@ struct Owned {
     committed: i64,
     /// Offset whose commit the sink has allowed but that is not committed yet.
     committable: i64,
+    /// Messages taken off the queue but not read yet (waiting for their schemas, or
+    /// fetched before the queue was split off), oldest first: read before the queue.
+    held: VecDeque<rdkafka::message::OwnedMessage>,
 }
 
 impl Owned {
@@ -144,6 +156,7 @@ pub fn kafka_source<'scope>(
                     end: p.end,
                     committed: p.start,
                     committable: p.start,
+                    held: VecDeque::new(),
                 });
             }
             Ok((consumer, owned))
@@ -178,9 +191,6 @@ pub fn kafka_source<'scope>(
         let mut last_commit = Instant::now();
         let commit_every = Duration::from_millis(opts.kafka.commit_interval_ms.max(1));
         let mut routed: Vec<Routed> = Vec::new();
-        // Messages that reached the consumer's main queue before the partition queues were
-        // split off (a narrow start-up window): read before their partition's queue.
-        let mut early: Vec<rdkafka::message::OwnedMessage> = Vec::new();
         let mut last_report = Instant::now();
         let mut stop_since: Option<Instant> = None;
         let stop_commit_timeout = Duration::from_millis(opts.kafka.request_timeout_ms.max(1000));
@@ -229,10 +239,16 @@ pub fn kafka_source<'scope>(
             let Some(c) = cap.as_mut() else { return };
             let Some(kc) = consumer.as_ref() else { return };
             // Serve librdkafka's callbacks (commit results, errors). Messages normally arrive
-            // on the partition queues; any that came before the split are handled here.
+            // on the partition queues; any that reached the main queue before the split (a
+            // narrow start-up window) are read before their partition's queue.
             while let Some(m) = kc.poll(Duration::ZERO) {
                 match m {
-                    Ok(m) => early.push(m.detach()),
+                    Ok(m) => {
+                        if let Some(o) = owned.iter_mut().find(|o| o.topic == m.topic() && o.partition == m.partition())
+                        {
+                            o.held.push_back(m.detach());
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
                 }
             }
@@ -332,22 +348,41 @@ pub fn kafka_source<'scope>(
             let mut advanced = Vec::new();
             let mut more = false;
             let mut read = 0u64;
+            let registry = opts.registry.as_deref();
+            let lookup = |id: u32| registry.map_or(Lookup::Pending, |r| r.get(id)).schema(id);
+            let decoder = Decoder { format: opts.format, schemas: registry.map(|_| &lookup as SchemaLookup<'_>) };
+            // A record may be read once the registry client has its schemas (or knows they
+            // do not exist); JSON records always can.
+            let schemas_ready = |key: Option<&[u8]>, value: Option<&[u8]>| match registry {
+                Some(r) if opts.format.is_avro() => r.ready(schema_ids(key, value)),
+                _ => true,
+            };
             for (i, o) in owned.iter_mut().enumerate() {
                 if o.done() {
                     continue;
                 }
                 let before = o.next;
                 let mut n = 0;
-                let mut ctx = ReadCtx { format: opts.format, decode: &opts.decode, peers, out: &mut routed };
-                let (topic, partition, end) = (o.topic.as_str(), o.partition, o.end);
-                for m in early.iter().filter(|m| m.topic() == topic && m.partition() == partition) {
+                let mut waiting = false;
+                let mut ctx = ReadCtx { decoder, decode: &opts.decode, peers, out: &mut routed };
+                let end = o.end;
+                while let Some(m) = o.held.front() {
+                    if !schemas_ready(m.key(), m.payload()) {
+                        waiting = true;
+                        break;
+                    }
                     if read_one(&o.name, &mut o.next, end, m, &mut ctx) {
                         n += 1;
                     }
+                    o.held.pop_front();
                 }
-                while n < opts.max_records_per_pass && end.is_none_or(|e| o.next < e) {
+                while !waiting && n < opts.max_records_per_pass && end.is_none_or(|e| o.next < e) {
                     let Some(result) = o.queue.poll(Duration::ZERO) else { break };
                     match result {
+                        Ok(m) if !schemas_ready(m.key(), m.payload()) => {
+                            o.held.push_back(m.detach());
+                            waiting = true;
+                        }
                         Ok(m) => {
                             if read_one(&o.name, &mut o.next, end, &m, &mut ctx) {
                                 n += 1;
@@ -369,7 +404,6 @@ pub fn kafka_source<'scope>(
                     progress.update_partition(&o.topic, o.partition, |p| p.read = next);
                 }
             }
-            early.clear();
             progress.records.fetch_add(read, Ordering::Relaxed);
             if !routed.is_empty() {
                 output.session(&*c).give_iterator(routed.drain(..));
@@ -403,7 +437,7 @@ fn all_partitions(owned: &[Owned]) -> TopicPartitionList {
 
 /// Where [`read_one`] puts what it decodes.
 struct ReadCtx<'a> {
-    format: SourceFormat,
+    decoder: Decoder<'a>,
     decode: &'a DecodeSpec,
     peers: usize,
     out: &'a mut Vec<Routed>,
@@ -433,7 +467,7 @@ fn read_one<M: Message>(
         timestamp_ms: m.timestamp().to_millis().and_then(|t| u64::try_from(t).ok()),
         headers: &headers,
     };
-    ingest(ctx.format, ctx.decode, record, Some(name), ctx.peers, ctx.out);
+    ingest(ctx.decoder, ctx.decode, record, Some(name), ctx.peers, ctx.out);
     *next = offset + 1;
     true
 }
