@@ -10,13 +10,15 @@
 //! small (bit 5). Without a 0xFF byte the rest is the value. (0xFF never occurs in UTF-8, so
 //! a JSON key and value are split unambiguously.)
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use freshet::config::{ChunkerSpec, DataflowSpec, RuntimeConfig, SourceFormat, TextTemplate};
 use freshet::dataflow::chunk::Chunker;
 use freshet::dataflow::{Ingested, Routed};
 use freshet::model::{ChangeOp, ContentHash, DeadLetter, SourceRecord};
+use freshet::source::decode::avro::{decode_debezium_avro, decode_upsert_avro, AvroSchema};
 use freshet::source::decode::debezium::decode_debezium_json;
 use freshet::source::decode::upsert::decode_upsert_json;
 use freshet::source::decode::{DecodeError, DecodeErrorKind, DecodeSpec, Decoded};
@@ -80,6 +82,24 @@ type Decode = dyn Fn(&DecodeSpec, Option<&[u8]>, Option<&[u8]>) -> Result<Decode
 /// that is JSON, the same answer for the same JSON written compactly (the decoders read
 /// JSON, not bytes).
 fn check_decoded(r: &FuzzRecord<'_>, decode: &Decode, envelope: bool) {
+    let Some(first) = check_decoded_as(r, decode, envelope, &|v| serde_json::from_slice(v).ok()) else { return };
+    // The same JSON, written compactly, decodes the same way.
+    let Some(value) = r.value else { return };
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(value) else { return };
+    let compact = serde_json::to_vec(&json).expect("a parsed value serialises");
+    let mut spec = r.spec.clone();
+    spec.max_record_bytes = usize::MAX;
+    let reread = decode(&spec, r.key, Some(&compact));
+    assert_eq!(first, reread, "the same JSON written compactly decodes differently");
+}
+
+/// [`check_decoded`] for a format whose value `render` turns into the JSON it means.
+fn check_decoded_as(
+    r: &FuzzRecord<'_>,
+    decode: &Decode,
+    envelope: bool,
+    render: &dyn Fn(&[u8]) -> Option<serde_json::Value>,
+) -> Option<Result<Decoded, DecodeError>> {
     let first = decode(&r.spec, r.key, r.value);
     let again = decode(&r.spec, r.key, r.value);
     assert_eq!(first, again, "decoding is not deterministic");
@@ -88,7 +108,7 @@ fn check_decoded(r: &FuzzRecord<'_>, decode: &Decode, envelope: bool) {
             matches!(&first, Err(e) if e.kind == DecodeErrorKind::TooLarge),
             "a record over max_record_bytes was not rejected as too large: {first:?}"
         );
-        return;
+        return None;
     }
     match &first {
         Err(e) => {
@@ -100,7 +120,7 @@ fn check_decoded(r: &FuzzRecord<'_>, decode: &Decode, envelope: bool) {
             // Every column of the source row is kept: the row is empty only when the
             // record's row is `{}` (its id then comes from the key).
             if let ChangeOp::Upsert(row) = &c.op {
-                let source = r.value.and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok());
+                let source = r.value.and_then(render);
                 let source = source.as_ref().map(|v| match v.get("payload") {
                     Some(p) if v.as_object().is_some_and(|m| m.keys().all(|k| k == "schema" || k == "payload")) => p,
                     _ => v,
@@ -115,14 +135,7 @@ fn check_decoded(r: &FuzzRecord<'_>, decode: &Decode, envelope: bool) {
         }
         Ok(_) => {}
     }
-    // The same JSON, written compactly, decodes the same way.
-    let Some(value) = r.value else { return };
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(value) else { return };
-    let compact = serde_json::to_vec(&json).expect("a parsed value serialises");
-    let mut spec = r.spec.clone();
-    spec.max_record_bytes = usize::MAX;
-    let reread = decode(&spec, r.key, Some(&compact));
-    assert_eq!(first, reread, "the same JSON written compactly decodes differently");
+    Some(first)
 }
 
 /// Target `debezium_json`: [`decode_debezium_json`].
@@ -272,4 +285,157 @@ fn render(t: &TextTemplate) -> String {
         }
     }
     out
+}
+
+// ---- Avro -----------------------------------------------------------------------------------
+
+/// Writer schemas of the `avro` target by registry id: 1 a key, 2 a Debezium envelope whose
+/// row has a column of each semantic type, 3 that row alone (upserts), and the real
+/// Debezium schema of the captured sample in `../shared/debezium-samples` under its id (6)
+/// when the samples are there. Other ids are unknown.
+fn avro_schemas() -> &'static HashMap<u32, Arc<AvroSchema>> {
+    static SCHEMAS: OnceLock<HashMap<u32, Arc<AvroSchema>>> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        let row = r#"{"type":"record","name":"Value","namespace":"fz","fields":[
+          {"name":"id","type":"long"},{"name":"tenant","type":["null","string"],"default":null},
+          {"name":"title","type":"string"},{"name":"body","type":["null","string"],"default":null},
+          {"name":"price","type":["null",{"type":"bytes","scale":2,"precision":10,"connect.version":1,
+            "connect.parameters":{"scale":"2","connect.decimal.precision":"10"},
+            "connect.name":"org.apache.kafka.connect.data.Decimal","logicalType":"decimal"}],"default":null},
+          {"name":"score","type":["null",{"type":"record","name":"VariableScaleDecimal","namespace":"io.debezium.data",
+            "fields":[{"name":"scale","type":"int"},{"name":"value","type":"bytes"}],
+            "connect.name":"io.debezium.data.VariableScaleDecimal"}],"default":null},
+          {"name":"doc","type":["null",{"type":"string","connect.name":"io.debezium.data.Json"}],"default":null},
+          {"name":"at","type":{"type":"long","connect.name":"io.debezium.time.MicroTimestamp"}},
+          {"name":"day","type":{"type":"int","connect.name":"io.debezium.time.Date"}},
+          {"name":"mood","type":{"type":"string","connect.name":"io.debezium.data.Enum"}},
+          {"name":"kind","type":{"type":"enum","name":"Kind","symbols":["A","B"]}},
+          {"name":"tags","type":{"type":"array","items":"string"}},
+          {"name":"attrs","type":{"type":"map","values":["null","double"]}},
+          {"name":"blob","type":"bytes"},{"name":"fx","type":{"type":"fixed","name":"Fx","size":2}},
+          {"name":"ok","type":"boolean"},{"name":"f","type":"float"}],
+          "connect.name":"fz.Value"}"#;
+        let envelope = format!(
+            r#"{{"type":"record","name":"Envelope","namespace":"fz","fields":[
+              {{"name":"before","type":["null",{row}],"default":null}},
+              {{"name":"after","type":["null","fz.Value"],"default":null}},
+              {{"name":"source","type":{{"type":"record","name":"Source","fields":[
+                {{"name":"ts_ms","type":"long"}},{{"name":"table","type":"string"}},
+                {{"name":"schema","type":"string"}},{{"name":"lsn","type":["null","long"],"default":null}},
+                {{"name":"sequence","type":["null","string"],"default":null}}]}}}},
+              {{"name":"op","type":"string"}},{{"name":"ts_ms","type":["null","long"],"default":null}}]}}"#
+        );
+        let key = r#"{"type":"record","name":"Key","namespace":"fz","fields":[{"name":"id","type":"long"},
+          {"name":"tenant","type":["null","string"],"default":null}]}"#;
+        let mut m = HashMap::new();
+        for (id, text) in [(1, key.to_owned()), (2, envelope), (3, row.to_owned())] {
+            m.insert(id, Arc::new(AvroSchema::parse(&text).unwrap_or_else(|e| panic!("schema {id}: {e}"))));
+        }
+        // From fuzz/ (libFuzzer) or the repository (tests/fuzz_corpus.rs).
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let samples = std::env::var_os("FRESHET_DEBEZIUM_SAMPLES")
+            .map(std::path::PathBuf::from)
+            .into_iter()
+            .chain([here.join("../shared/debezium-samples"), here.join("../../shared/debezium-samples")]);
+        let avsc = "avro-confluent-wire-format.debezium-mysql-2.1.2.avsc";
+        if let Some(text) = samples.into_iter().find_map(|d| std::fs::read_to_string(d.join(avsc)).ok()) {
+            if let Ok(schema) = AvroSchema::parse(&text) {
+                m.insert(6, Arc::new(schema));
+            }
+        }
+        m
+    })
+}
+
+fn avro_lookup(id: u32) -> Result<Arc<AvroSchema>, DecodeError> {
+    avro_schemas()
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| DecodeError::new(DecodeErrorKind::UnknownSchema, format!("schema id {id} is unknown")))
+}
+
+fn avro_decode(upsert: bool, spec: &DecodeSpec, k: Option<&[u8]>, v: Option<&[u8]>) -> Result<Decoded, DecodeError> {
+    if upsert {
+        decode_upsert_avro(spec, &avro_lookup, k, v, 7, Some(1_700_000_000_000))
+    } else {
+        decode_debezium_avro(spec, &avro_lookup, k, v, 7)
+    }
+}
+
+/// What the `avro` target decodes `data` to (None: a schema-mode input or empty).
+pub fn avro_record(data: &[u8]) -> Option<Result<Decoded, DecodeError>> {
+    let r = FuzzRecord::parse(data).filter(|r| r.selector & 0b11 != 0)?;
+    Some(avro_decode(r.selector & 0b100_0000 != 0, &r.spec, r.key, r.value))
+}
+
+/// Target `avro`: the Avro decoders ([`decode_debezium_avro`], [`decode_upsert_avro`] with
+/// selector bit 6) and the schema parser. With the selector's key and value bits both
+/// clear, the rest is `schema text 0xFF datum`: any text a registry might serve parses to a
+/// schema or an error, and a schema decodes any datum to a value or `invalid_avro`. Else
+/// the record goes through [`check_decoded`]'s promises, and, **one meaning for both
+/// formats**: when its parts decode with their schemas, the record decodes exactly as the
+/// JSON they render to does through the JSON decoders.
+pub fn avro(data: &[u8]) {
+    let Some(r) = FuzzRecord::parse(data) else { return };
+    if r.selector & 0b11 == 0 {
+        let rest = &data[1..];
+        let (text, datum) = match rest.iter().position(|&b| b == 0xFF) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &rest[..0]),
+        };
+        let Ok(text) = std::str::from_utf8(text) else { return };
+        if let Ok(schema) = AvroSchema::parse(text) {
+            let first = schema.decode(datum, "value");
+            if let Err(e) = &first {
+                assert_eq!(e.kind, DecodeErrorKind::InvalidAvro, "{e:?}");
+            }
+            assert_eq!(first, schema.decode(datum, "value"), "decoding is not deterministic");
+        }
+        return;
+    }
+    let upsert = r.selector & 0b100_0000 != 0;
+    let decode = move |spec: &DecodeSpec, k: Option<&[u8]>, v: Option<&[u8]>| avro_decode(upsert, spec, k, v);
+    let render = |v: &[u8]| {
+        let (id, datum) = freshet::source::decode::avro::wire_header(v, "value").ok()?;
+        avro_lookup(id).ok()?.decode(datum, "value").ok()
+    };
+    check_decoded_as(&r, &decode, !upsert, &render);
+    let mut spec = r.spec.clone();
+    spec.max_record_bytes = usize::MAX;
+    let got = decode(&spec, r.key, r.value);
+    // The parts as JSON: a part that does not decode makes the comparison moot.
+    let as_json = |part: Option<&[u8]>| -> Option<Option<Vec<u8>>> {
+        match part.filter(|b| !b.is_empty()) {
+            None => Some(None),
+            Some(b) => {
+                let (id, datum) = freshet::source::decode::avro::wire_header(b, "part").ok()?;
+                let value = avro_lookup(id).ok()?.decode(datum, "part").ok()?;
+                Some(Some(serde_json::to_vec(&value).expect("JSON")))
+            }
+        }
+    };
+    let (Some(key), Some(value)) = (as_json(r.key), as_json(r.value)) else { return };
+    // A record whose fields are only `schema` and `payload` reads as the JsonConverter's
+    // wrapper in JSON; Avro has no wrapper.
+    let wrapper = value
+        .as_deref()
+        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+        .and_then(|v| {
+            v.as_object().map(|m| m.contains_key("payload") && m.keys().all(|k| k == "schema" || k == "payload"))
+        })
+        .unwrap_or(false);
+    // A null key or value datum means no key / a delete in both formats.
+    let json = if upsert {
+        decode_upsert_json(&spec, key.as_deref(), value.as_deref(), 7, Some(1_700_000_000_000))
+    } else {
+        decode_debezium_json(&spec, key.as_deref(), value.as_deref(), 7)
+    };
+    if wrapper || value.as_deref() == Some(b"null".as_slice()) || key.as_deref() == Some(b"null".as_slice()) {
+        return;
+    }
+    match (&got, &json) {
+        (Ok(a), Ok(j)) => assert_eq!(a, j, "the Avro record means something else than its JSON"),
+        (Err(a), Err(j)) => assert_eq!(a.kind, j.kind, "Avro {a:?} but JSON {j:?}"),
+        _ => panic!("Avro {got:?} but JSON {json:?}"),
+    }
 }
