@@ -55,6 +55,7 @@ impl<'scope> DocStateExt<'scope> for Stream<'scope, Time, Vec<Routed>> {
             let mut truncated_at = initial.truncated_at;
             let mut stash: BTreeMap<Time, (Capability<Time>, Vec<Routed>)> = BTreeMap::new();
             let mut initial_cap = Some(cap);
+            let mut missing = MissingColumns::default();
             move |(input, frontier), output| {
                 if let Some(cap) = initial_cap.take() {
                     // The state this worker starts from, for the size collection.
@@ -69,6 +70,7 @@ impl<'scope> DocStateExt<'scope> for Stream<'scope, Time, Vec<Routed>> {
                     let Some(retained) = cap.retain_least(output.output_index()) else { return };
                     let entry = stash.entry(time).or_insert_with(|| (retained, Vec::new()));
                     for batch in data {
+                        missing.check(&shape, batch);
                         entry.1.append(batch);
                     }
                 });
@@ -83,6 +85,36 @@ impl<'scope> DocStateExt<'scope> for Stream<'scope, Time, Vec<Routed>> {
                 }
             }
         })
+    }
+}
+
+/// Metadata columns a source row lacked (dropped from the table, or not added yet): the
+/// column's value is null from that change on. Warned once per column and worker.
+#[derive(Default)]
+struct MissingColumns {
+    warned: Vec<String>,
+}
+
+impl MissingColumns {
+    fn check(&mut self, shape: &DocShape, batch: &[Routed]) {
+        if self.warned.len() >= shape.meta_fields().len() {
+            return;
+        }
+        for r in batch.iter().filter(|r| r.counted) {
+            let Ingested::Record(SourceRecord::Doc(c)) = &r.item else { continue };
+            let ChangeOp::Upsert(row) = &c.op else { continue };
+            for f in shape.meta_fields() {
+                if !row.contains_key(f) && !self.warned.contains(f) {
+                    tracing::warn!(
+                        column = %f,
+                        doc_id = %c.doc_id.0,
+                        "a metadata column is not in the source row (dropped, or not added yet?): its value is null \
+                         from this change on; warned once per column"
+                    );
+                    self.warned.push(f.clone());
+                }
+            }
+        }
     }
 }
 
