@@ -14,7 +14,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +29,10 @@ use serde_json::Value;
 
 mod common;
 use common::kafka::{bootstrap, create_topic, delete_topics};
+use common::{arg, freshet_bin, repo};
+#[path = "../tests/support/avro_wire.rs"]
+mod avro_wire;
+use avro_wire::{register_schema, wire};
 
 const KEY_SCHEMA: &str = r#"{"type":"record","name":"Key","namespace":"bench.public.articles","fields":[{"name":"article_id","type":"long"}],"connect.name":"bench.public.articles.Key"}"#;
 const ENVELOPE_SCHEMA: &str = r#"{"type":"record","name":"Envelope","namespace":"bench.public.articles","fields":[
@@ -54,20 +58,6 @@ const ENVELOPE_SCHEMA: &str = r#"{"type":"record","name":"Envelope","namespace":
     "connect.version":1,"connect.name":"event.block"}],"default":null}],
   "connect.version":2,"connect.name":"bench.public.articles.Envelope"}"#;
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn freshet_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().join("freshet")
-}
-
 /// The registry's Confluent-compatible URL: `FRESHET_REGISTRY_URL`, else the local one of
 /// `scripts/services` (started if it does not answer).
 fn registry() -> String {
@@ -77,43 +67,6 @@ fn registry() -> String {
     let st = Command::new(repo().join("scripts/services")).args(["start", "registry"]).status().unwrap();
     assert!(st.success(), "scripts/services start registry failed");
     "http://127.0.0.1:18081/apis/ccompat/v7".into()
-}
-
-fn register(url: &str, subject: &str, schema: &str) -> u32 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (status, text) = rt.block_on(async {
-        let r = reqwest::Client::new()
-            .post(format!("{url}/subjects/{subject}/versions"))
-            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
-            .json(&serde_json::json!({ "schema": schema }))
-            .send()
-            .await
-            .expect("the registry");
-        (r.status(), r.text().await.unwrap_or_default())
-    });
-    assert!(status.is_success(), "registering {subject}: {status} {text}");
-    serde_json::from_str::<Value>(&text).unwrap()["id"].as_u64().unwrap() as u32
-}
-
-fn avro_of(json: &Value) -> apache_avro::types::Value {
-    use apache_avro::types::Value as A;
-    match json {
-        Value::Null => A::Null,
-        Value::Bool(b) => A::Boolean(*b),
-        Value::Number(n) => n.as_i64().map_or_else(|| A::Double(n.as_f64().unwrap()), A::Long),
-        Value::String(s) => A::String(s.clone()),
-        Value::Array(a) => A::Array(a.iter().map(avro_of).collect()),
-        Value::Object(m) => A::Map(m.iter().map(|(k, v)| (k.clone(), avro_of(v))).collect()),
-    }
-}
-
-fn wire(schema: &apache_avro::Schema, id: u32, json: &Value) -> Vec<u8> {
-    let value = avro_of(json).resolve(schema).unwrap_or_else(|e| panic!("{json}: {e}"));
-    let mut out = vec![0u8];
-    out.extend_from_slice(&id.to_be_bytes());
-    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(schema).build().unwrap();
-    out.extend(writer.write_value_to_vec(value).unwrap());
-    out
 }
 
 /// One record in both formats: (partition key id, JSON key, JSON value, Avro key, Avro value).
@@ -199,8 +152,8 @@ fn main() {
         "bench-avro-{}",
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
     );
-    let key_id = register(&registry, &format!("{prefix}-key"), KEY_SCHEMA);
-    let value_id = register(&registry, &format!("{prefix}-value"), ENVELOPE_SCHEMA);
+    let key_id = register_schema(&registry, &format!("{prefix}-key"), KEY_SCHEMA);
+    let value_id = register_schema(&registry, &format!("{prefix}-value"), ENVELOPE_SCHEMA);
     let key_schema = apache_avro::Schema::parse_str(KEY_SCHEMA).unwrap();
     let envelope = apache_avro::Schema::parse_str(ENVELOPE_SCHEMA).unwrap();
     let records: Vec<Both> = std::fs::read_to_string(&events)

@@ -21,21 +21,7 @@ use rdkafka::ClientConfig;
 
 mod common;
 use common::kafka::{bootstrap, create_topic, delete_topics};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn freshet_bin() -> PathBuf {
-    // The bench binary lives in target/<profile>/deps; the freshet binary one level up.
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().join("freshet")
-}
+use common::{arg, freshet_bin, repo};
 
 /// Produce the JSON lines of `file`, keyed by article id, partition = id % partitions.
 fn produce_file(bootstrap: &str, topic: &str, partitions: i32, file: &Path) -> usize {

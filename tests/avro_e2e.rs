@@ -40,6 +40,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rdkafka::producer::BaseRecord;
 use serde_json::{Map, Value};
+use support::avro_wire::{register_schema, wire};
 use support::kafka::{kafka_config, ordered_producer, send, Broker};
 use support::postgres::*;
 use support::{export, get_metrics, metric_sum, run_until_end};
@@ -166,6 +167,52 @@ fn typed_expected(svc: &Services, t: &str) -> BTreeMap<i64, Map<String, Value>> 
         .collect()
 }
 
+/// The collection `export` holds equals what `SELECT` returns from `table`, point by point.
+fn assert_equals_select(svc: &Services, flow: &Path, table: &str, export: &str, when: &str) {
+    let spec = DataflowSpec::load(flow).unwrap();
+    let diffs = differences(export, &expected_points(&spec, &svc.rows(table)));
+    assert!(
+        diffs.is_empty(),
+        "{when}: {} differences from SELECT; first:\n{}",
+        diffs.len(),
+        diffs[..diffs.len().min(8)].join("\n")
+    );
+}
+
+/// A test's services, registry URL, scratch directory and table name (`kind_pid_ms`).
+struct Case {
+    broker: Broker,
+    svc: &'static Services,
+    registry: String,
+    tmp: tempfile::TempDir,
+    name: String,
+}
+
+impl Case {
+    fn new(kind: &str) -> Case {
+        let broker = Broker::start();
+        let svc = services();
+        let registry = registry_url(svc);
+        Case { broker, svc, registry, tmp: tempfile::tempdir().unwrap(), name: unique(kind) }
+    }
+
+    fn root(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Create and load the table (310 articles), capture it with the Avro connector under
+    /// a topic prefix of its own; the connector and its topic.
+    fn load_and_capture(&self, seed: u64, prefix: &str) -> (Connector, String) {
+        self.svc.psql(&create_and_load(&self.name, false, &mut ChaCha8Rng::seed_from_u64(seed)));
+        let prefix = self.broker.topic(prefix);
+        let table = [format!("public.{}", self.name)];
+        let connector =
+            Connector::register_from("config/debezium-postgres-avro.json", self.svc, &self.name, &prefix, &table, &[]);
+        connector.wait_captured();
+        (connector, format!("{prefix}.public.{}", self.name))
+    }
+}
+
 /// A decimal string without trailing fractional zeros (`4.500` → `4.5`, `4.0` → `4`).
 fn trim_zeros(s: &str) -> String {
     if s.contains('.') {
@@ -202,12 +249,8 @@ fn split_typed(export: &str) -> (String, BTreeMap<i64, Map<String, Value>>) {
 #[test]
 fn avro_and_json_captures_of_one_table_give_the_same_collection_and_equal_select() {
     let t0 = Instant::now();
-    let broker = Broker::start();
-    let svc = services();
-    let registry = registry_url(svc);
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let name = unique("avro");
+    let case = Case::new("avro");
+    let (broker, svc, registry, root, name) = (&case.broker, case.svc, &case.registry, case.root(), case.name.clone());
     let table = [format!("public.{name}")];
 
     let mut rng = ChaCha8Rng::seed_from_u64(18);
@@ -249,7 +292,7 @@ fn avro_and_json_captures_of_one_table_give_the_same_collection_and_equal_select
         let dir = root.join(format);
         std::fs::create_dir_all(&dir).unwrap();
         let flow = dataflow(&dir, format, &name, topic, format, true);
-        let extra = if format.ends_with("avro") { registry_section(&registry) } else { String::new() };
+        let extra = if format.ends_with("avro") { registry_section(registry) } else { String::new() };
         let config = kafka_config(&dir, "config", workers, &broker.bootstrap, &broker.group(format), &extra);
         let summary = run_until_end(&flow, &config, &[]);
         (flow, config, summary)
@@ -279,15 +322,8 @@ fn avro_and_json_captures_of_one_table_give_the_same_collection_and_equal_select
     }
 
     // Both equal SELECT: the articles' columns point by point, the typed ones per document.
-    let spec = DataflowSpec::load(&avro_flow).unwrap();
     let (plain, typed) = split_typed(&avro_export);
-    let diffs = differences(&plain, &expected_points(&spec, &svc.rows(&name)));
-    assert!(
-        diffs.is_empty(),
-        "{} differences from SELECT; first:\n{}",
-        diffs.len(),
-        diffs[..diffs.len().min(8)].join("\n")
-    );
+    assert_equals_select(svc, &avro_flow, &name, &plain, "both formats");
     let want = typed_expected(svc, &name);
     assert_eq!(typed.len(), want.len(), "documents");
     let mut checked = 0;
@@ -340,13 +376,7 @@ fn avro_and_json_captures_of_one_table_give_the_same_collection_and_equal_select
     let avro_export = export(&avro_flow, &avro_config, true);
     assert_eq!(avro_export, export(&json_flow, &json_config, true), "after DROP COLUMN the formats differ");
     let (plain, typed) = split_typed(&avro_export);
-    let diffs = differences(&plain, &expected_points(&spec, &svc.rows(&name)));
-    assert!(
-        diffs.is_empty(),
-        "after DROP COLUMN: {} differences; first:\n{}",
-        diffs.len(),
-        diffs[..diffs.len().min(8)].join("\n")
-    );
+    assert_equals_select(svc, &avro_flow, &name, &plain, "after DROP COLUMN");
     let changed: Vec<i64> = typed.keys().copied().filter(|id| id % 4 == 1).collect();
     assert!(changed.len() > 20, "{changed:?}");
     for id in &changed {
@@ -438,19 +468,11 @@ fn wait_metrics(port: u16, secs: u64, what: &str, cond: impl Fn(&str) -> bool) -
 
 #[test]
 fn records_wait_while_the_registry_is_unreachable_then_catch_up() {
-    let broker = Broker::start();
-    let svc = services();
-    let (registry_host, registry_path) = split_url(&registry_url(svc));
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let name = unique("avrodown");
-    let table = [format!("public.{name}")];
-    let mut rng = ChaCha8Rng::seed_from_u64(20);
-    svc.psql(&create_and_load(&name, false, &mut rng));
-    let prefix = broker.topic("pgdown");
-    let connector = Connector::register_from("config/debezium-postgres-avro.json", svc, &name, &prefix, &table, &[]);
-    let topic = format!("{prefix}.public.{name}");
-    connector.wait_captured();
+    let case = Case::new("avrodown");
+    let (broker, svc, root, name) = (&case.broker, case.svc, case.root(), case.name.clone());
+    let (registry_host, registry_path) = split_url(&case.registry);
+    let (connector, topic) = case.load_and_capture(20, "pgdown");
+    let mut rng = ChaCha8Rng::seed_from_u64(120);
 
     let relay = Relay::start(registry_host);
     let flow = dataflow(root, "down", &name, &topic, "debezium-avro", false);
@@ -483,14 +505,7 @@ fn records_wait_while_the_registry_is_unreachable_then_catch_up() {
     assert!(metric_sum(&m, "freshet_schema_cache_size") >= 2.0, "{m}");
     let summary = stop(child);
     assert_eq!(summary["dead_lettered"].as_u64(), Some(0), "{summary}");
-    let spec = DataflowSpec::load(&flow).unwrap();
-    let diffs = differences(&export(&flow, &config, true), &expected_points(&spec, &svc.rows(&name)));
-    assert!(
-        diffs.is_empty(),
-        "{} differences from SELECT; first:\n{}",
-        diffs.len(),
-        diffs[..diffs.len().min(8)].join("\n")
-    );
+    assert_equals_select(svc, &flow, &name, &export(&flow, &config, true), "after the registry came back");
 
     // Restarted with the registry cut off again: the schemas of the same table (no schema
     // change) come from the disk cache.
@@ -503,32 +518,17 @@ fn records_wait_while_the_registry_is_unreachable_then_catch_up() {
     eprintln!("restarted from the disk cache: {summary}");
     assert_eq!(summary["dead_lettered"].as_u64(), Some(0), "{summary}");
     assert!(summary["applied"].as_u64().unwrap() >= 60, "{summary}");
-    let diffs = differences(&export(&flow, &config, true), &expected_points(&spec, &svc.rows(&name)));
-    assert!(
-        diffs.is_empty(),
-        "{} differences from SELECT; first:\n{}",
-        diffs.len(),
-        diffs[..diffs.len().min(8)].join("\n")
-    );
+    assert_equals_select(svc, &flow, &name, &export(&flow, &config, true), "restarted from the disk cache");
     drop(connector);
     svc.psql(&format!("DROP TABLE {name};"));
 }
 
 #[test]
 fn unknown_schema_wrong_magic_byte_and_corrupt_datum_are_dead_letters() {
-    let broker = Broker::start();
-    let svc = services();
-    let registry = registry_url(svc);
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let name = unique("avrobad");
-    let table = [format!("public.{name}")];
-    let mut rng = ChaCha8Rng::seed_from_u64(21);
-    svc.psql(&create_and_load(&name, false, &mut rng));
-    let prefix = broker.topic("pgbad");
-    let connector = Connector::register_from("config/debezium-postgres-avro.json", svc, &name, &prefix, &table, &[]);
-    connector.wait_captured();
-    let real = read_topic_bytes(&broker.bootstrap, &format!("{prefix}.public.{name}"));
+    let case = Case::new("avrobad");
+    let (broker, svc, registry, root, name) = (&case.broker, case.svc, &case.registry, case.root(), case.name.clone());
+    let (connector, real_topic) = case.load_and_capture(21, "pgbad");
+    let real = read_topic_bytes(&broker.bootstrap, &real_topic);
     assert_eq!(real.len(), 310, "the snapshot");
 
     // The real records into a topic of one partition, with three bad ones between them.
@@ -559,7 +559,7 @@ fn unknown_schema_wrong_magic_byte_and_corrupt_datum_are_dead_letters() {
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
 
     let flow = dataflow(root, "bad", &name, &topic, "debezium-avro", false);
-    let config = kafka_config(root, "config", 1, &broker.bootstrap, &broker.group("bad"), &registry_section(&registry));
+    let config = kafka_config(root, "config", 1, &broker.bootstrap, &broker.group("bad"), &registry_section(registry));
     let summary = run_until_end(&flow, &config, &[]);
     assert_eq!(summary["dead_lettered"].as_u64(), Some(3), "{summary}");
     let entries: Vec<Value> = std::fs::read_to_string(root.join("data/dead-letter.jsonl"))
@@ -584,14 +584,7 @@ fn unknown_schema_wrong_magic_byte_and_corrupt_datum_are_dead_letters() {
         n("received"),
         "{summary}"
     );
-    let spec = DataflowSpec::load(&flow).unwrap();
-    let diffs = differences(&export(&flow, &config, true), &expected_points(&spec, &svc.rows(&name)));
-    assert!(
-        diffs.is_empty(),
-        "{} differences from SELECT; first:\n{}",
-        diffs.len(),
-        diffs[..diffs.len().min(8)].join("\n")
-    );
+    assert_equals_select(svc, &flow, &name, &export(&flow, &config, true), "the good records");
     drop(connector);
     svc.psql(&format!("DROP TABLE {name};"));
 }
@@ -619,63 +612,14 @@ const ENVELOPE_SCHEMA: &str = r#"{"type":"record","name":"Envelope","namespace":
   {"name":"ts_ms","type":["null","long"],"default":null}],
   "connect.version":2,"connect.name":"t.public.articles.Envelope"}"#;
 
-/// Register `schema` under `subject` in the registry (the Confluent REST API) and return its id.
-fn register_schema(url: &str, subject: &str, schema: &str) -> u32 {
-    let body = serde_json::json!({ "schema": schema });
-    let resp = support::kafka::block_on(async {
-        let r = reqwest::Client::new()
-            .post(format!("{url}/subjects/{subject}/versions"))
-            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
-            .json(&body)
-            .send()
-            .await
-            .expect("the registry");
-        let status = r.status();
-        (status, r.text().await.unwrap_or_default())
-    });
-    assert!(resp.0.is_success(), "registering {subject}: {} {}", resp.0, resp.1);
-    let v: Value = serde_json::from_str(&resp.1).unwrap();
-    v["id"].as_u64().expect("an id") as u32
-}
-
-/// A JSON value as an Avro value to resolve against a schema (integers as longs).
-fn avro_of(json: &Value) -> apache_avro::types::Value {
-    use apache_avro::types::Value as A;
-    match json {
-        Value::Null => A::Null,
-        Value::Bool(b) => A::Boolean(*b),
-        Value::Number(n) => n.as_i64().map_or_else(|| A::Double(n.as_f64().unwrap()), A::Long),
-        Value::String(s) => A::String(s.clone()),
-        Value::Array(a) => A::Array(a.iter().map(avro_of).collect()),
-        Value::Object(m) => A::Map(m.iter().map(|(k, v)| (k.clone(), avro_of(v))).collect()),
-    }
-}
-
-/// One datum in the Confluent wire format, written by apache-avro from JSON.
-fn wire(schema: &apache_avro::Schema, id: u32, json: &Value) -> Vec<u8> {
-    let value = avro_of(json).resolve(schema).unwrap_or_else(|e| panic!("{json}: {e}"));
-    let mut out = vec![0u8];
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend(
-        apache_avro::writer::datum::GenericDatumWriter::builder(schema)
-            .build()
-            .unwrap()
-            .write_value_to_vec(value)
-            .unwrap(),
-    );
-    out
-}
-
 #[test]
 fn random_histories_in_avro_give_the_same_collection_as_in_json_and_the_oracle() {
-    let broker = Broker::start();
-    let svc = services();
-    let registry = registry_url(svc);
-    let tmp = tempfile::tempdir().unwrap();
+    let case = Case::new("hist");
+    let (broker, registry) = (&case.broker, &case.registry);
     let key_schema = apache_avro::Schema::parse_str(KEY_SCHEMA).unwrap();
     let envelope = apache_avro::Schema::parse_str(ENVELOPE_SCHEMA).unwrap();
     for (seed, truncates) in [(31, false), (32, true)] {
-        let dir = tmp.path().join(seed.to_string());
+        let dir = case.root().join(seed.to_string());
         std::fs::create_dir_all(&dir).unwrap();
         let history = support::random_history(seed, 50, 1200, truncates);
         let (json_topic, avro_topic) = (broker.topic(&format!("hist{seed}j")), broker.topic(&format!("hist{seed}a")));
@@ -683,8 +627,8 @@ fn random_histories_in_avro_give_the_same_collection_as_in_json_and_the_oracle()
             support::kafka::create_topic(&broker.bootstrap, t, 4);
         }
         support::kafka::produce(&broker.bootstrap, &json_topic, 4, &history);
-        let key_id = register_schema(&registry, &format!("{avro_topic}-key"), KEY_SCHEMA);
-        let value_id = register_schema(&registry, &format!("{avro_topic}-value"), ENVELOPE_SCHEMA);
+        let key_id = register_schema(registry, &format!("{avro_topic}-key"), KEY_SCHEMA);
+        let value_id = register_schema(registry, &format!("{avro_topic}-value"), ENVELOPE_SCHEMA);
         let producer = ordered_producer(&broker.bootstrap);
         for ev in &history {
             let id = support::kafka::doc_of(ev);
@@ -710,7 +654,7 @@ fn random_histories_in_avro_give_the_same_collection_as_in_json_and_the_oracle()
             std::fs::create_dir_all(&sub).unwrap();
             let source = format!("kind = \"kafka\"\nformat = \"{format}\"\ntopics = [\"{topic}\"]");
             let flow = support::write_dataflow(&sub.join("flow.toml"), &source, "");
-            let extra = if format.ends_with("avro") { registry_section(&registry) } else { String::new() };
+            let extra = if format.ends_with("avro") { registry_section(registry) } else { String::new() };
             let config =
                 kafka_config(&sub, "config", 2, &broker.bootstrap, &broker.group(&format!("{seed}{format}")), &extra);
             let summary = run_until_end(&flow, &config, &[]);

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod avro_wire;
 pub mod faults;
 pub mod kafka;
 pub mod postgres;
