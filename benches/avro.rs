@@ -98,18 +98,9 @@ fn produce(bootstrap: &str, topic: &str, records: &[Both], avro: bool) {
 }
 
 fn run(dir: &Path, topic: &str, bootstrap: &str, format: &str, registry: &str) -> (f64, Value) {
-    let text = std::fs::read_to_string(repo().join("dataflows/articles.toml")).unwrap();
-    let text = text
-        .replace("kind = \"file\"                        # Kafka topics come with the Kafka source", "kind = \"kafka\"")
-        .replace(
-            "path = \"data/articles.events.jsonl\"  # overridden by `freshet run --input`",
-            &format!("topics = [\"{topic}\"]"),
-        )
-        .replace("format = \"debezium-json\"", &format!("format = \"{format}\""));
-    assert!(
-        text.contains("kind = \"kafka\"") && text.contains(format),
-        "dataflows/articles.toml changed: update the bench"
-    );
+    let text =
+        common::articles_on_kafka(topic).replace("format = \"debezium-json\"", &format!("format = \"{format}\""));
+    assert!(text.contains(format), "dataflows/articles.toml changed: update the bench");
     let dataflow = dir.join(format!("{format}.dataflow.toml"));
     std::fs::write(&dataflow, text).unwrap();
     let config = dir.join(format!("{format}.toml"));

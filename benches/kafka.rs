@@ -21,7 +21,7 @@ use rdkafka::ClientConfig;
 
 mod common;
 use common::kafka::{bootstrap, create_topic, delete_topics};
-use common::{arg, freshet_bin, repo};
+use common::{arg, freshet_bin};
 
 /// Produce the JSON lines of `file`, keyed by article id, partition = id % partitions.
 fn produce_file(bootstrap: &str, topic: &str, partitions: i32, file: &Path) -> usize {
@@ -49,14 +49,7 @@ fn produce_file(bootstrap: &str, topic: &str, partitions: i32, file: &Path) -> u
 
 fn write_files(dir: &Path, topic: &str, bootstrap: &str, group: &str, workers: usize) -> (PathBuf, PathBuf) {
     let dataflow = dir.join(format!("{group}.dataflow.toml"));
-    let text = std::fs::read_to_string(repo().join("dataflows/articles.toml")).unwrap();
-    let text = text
-        .replace("kind = \"file\"                        # Kafka topics come with the Kafka source", "kind = \"kafka\"")
-        .replace(
-            "path = \"data/articles.events.jsonl\"  # overridden by `freshet run --input`",
-            &format!("topics = [\"{topic}\"]"),
-        );
-    assert!(text.contains("kind = \"kafka\""), "dataflows/articles.toml changed: update the bench");
+    let text = common::articles_on_kafka(topic);
     std::fs::write(&dataflow, text).unwrap();
     let config = dir.join(format!("{group}.toml"));
     std::fs::write(

@@ -74,44 +74,21 @@ fn registry_url(svc: &Services) -> String {
     svc.env.get("FRESHET_REGISTRY_URL").expect("FRESHET_REGISTRY_URL (scripts/services env)").clone()
 }
 
-/// The dataflow indexing `table` from `topic` in `format`: the articles' text, their
-/// metadata and the typed columns (when `typed`), into the collection named after the
-/// table (so both formats' point ids agree).
+/// The dataflow indexing `table` from `topic` in `format`: the Postgres end-to-end test's
+/// ([`pg_dataflow`]: the articles' text and metadata, into the collection named after the
+/// table, so both formats' point ids agree) with the typed columns too when `typed`.
 fn dataflow(dir: &Path, file: &str, table: &str, topic: &str, format: &str, typed: bool) -> PathBuf {
-    let path = dir.join(format!("{file}.dataflow.toml"));
-    let metadata: Vec<String> = METADATA
-        .iter()
-        .copied()
-        .chain(TYPED.iter().map(|(c, _)| *c).filter(|_| typed))
-        .map(|m| format!("\"{m}\""))
-        .collect();
-    std::fs::write(
-        &path,
-        format!(
-            r#"name = "{table}"
-[source]
-kind = "kafka"
-format = "{format}"
-topics = ["{topic}"]
-table = "public.{table}"
-[document]
-id = ["id"]
-version = "source.lsn"
-text = "{{title}}\n\n{{body}}"
-metadata = [{}]
-[chunker]
-max_chars = 200
-[embedder]
-kind = "hash"
-dimension = {DIMENSION}
-max_wait_ms = 5
-[sink]
-collection = "{table}"
-"#,
-            metadata.join(", ")
-        ),
-    )
-    .unwrap();
+    let sub = dir.join(file);
+    std::fs::create_dir_all(&sub).unwrap();
+    let path = pg_dataflow(&sub, table, topic, "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text = text.replace("kind = \"kafka\"\n", &format!("kind = \"kafka\"\nformat = \"{format}\"\n"));
+    if typed {
+        let typed: Vec<String> = TYPED.iter().map(|(c, _)| format!(", \"{c}\"")).collect();
+        text = text.replace("\"category\"]", &format!("\"category\"{}]", typed.concat()));
+    }
+    assert!(text.contains(format) && (!typed || text.contains("\"flag\"")), "pg_dataflow changed: {text}");
+    std::fs::write(&path, text).unwrap();
     path
 }
 

@@ -21,3 +21,16 @@ pub fn freshet_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     exe.parent().and_then(Path::parent).expect("target dir").join("freshet")
 }
+
+/// `dataflows/articles.toml` reading Kafka `topic` instead of its file.
+pub fn articles_on_kafka(topic: &str) -> String {
+    let text = std::fs::read_to_string(repo().join("dataflows/articles.toml")).expect("dataflows/articles.toml");
+    let text = text
+        .replace("kind = \"file\"                        # Kafka topics come with the Kafka source", "kind = \"kafka\"")
+        .replace(
+            "path = \"data/articles.events.jsonl\"  # overridden by `freshet run --input`",
+            &format!("topics = [\"{topic}\"]"),
+        );
+    assert!(text.contains("kind = \"kafka\""), "dataflows/articles.toml changed: update benches/common");
+    text
+}
