@@ -395,6 +395,7 @@ pub fn avro(data: &[u8]) {
     }
     let upsert = r.selector & 0b100_0000 != 0;
     let decode = move |spec: &DecodeSpec, k: Option<&[u8]>, v: Option<&[u8]>| avro_decode(upsert, spec, k, v);
+    // A part as the JSON it means (None: not in the wire format, or not decodable).
     let render = |v: &[u8]| {
         let (id, datum) = freshet::source::decode::avro::wire_header(v, "value").ok()?;
         avro_lookup(id).ok()?.decode(datum, "value").ok()
@@ -404,35 +405,33 @@ pub fn avro(data: &[u8]) {
     spec.max_record_bytes = usize::MAX;
     let got = decode(&spec, r.key, r.value);
     // The parts as JSON: a part that does not decode makes the comparison moot.
-    let as_json = |part: Option<&[u8]>| -> Option<Option<Vec<u8>>> {
+    let as_json = |part: Option<&[u8]>| -> Option<Option<serde_json::Value>> {
         match part.filter(|b| !b.is_empty()) {
             None => Some(None),
-            Some(b) => {
-                let (id, datum) = freshet::source::decode::avro::wire_header(b, "part").ok()?;
-                let value = avro_lookup(id).ok()?.decode(datum, "part").ok()?;
-                Some(Some(serde_json::to_vec(&value).expect("JSON")))
-            }
+            Some(b) => render(b).map(Some),
         }
     };
     let (Some(key), Some(value)) = (as_json(r.key), as_json(r.value)) else { return };
-    // A record whose fields are only `schema` and `payload` reads as the JsonConverter's
-    // wrapper in JSON; Avro has no wrapper.
+    // A null datum means no key / a delete in both formats but reads differently; a record
+    // whose fields are only `schema` and `payload` reads as the JsonConverter's wrapper in
+    // JSON (Avro has no wrapper): no comparison for those.
     let wrapper = value
-        .as_deref()
-        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-        .and_then(|v| {
-            v.as_object().map(|m| m.contains_key("payload") && m.keys().all(|k| k == "schema" || k == "payload"))
-        })
-        .unwrap_or(false);
-    // A null key or value datum means no key / a delete in both formats.
+        .as_ref()
+        .and_then(serde_json::Value::as_object)
+        .is_some_and(|m| m.contains_key("payload") && m.keys().all(|k| k == "schema" || k == "payload"));
+    if wrapper
+        || value.as_ref().is_some_and(serde_json::Value::is_null)
+        || key.as_ref().is_some_and(serde_json::Value::is_null)
+    {
+        return;
+    }
+    let bytes = |v: Option<serde_json::Value>| v.map(|v| serde_json::to_vec(&v).expect("JSON"));
+    let (key, value) = (bytes(key), bytes(value));
     let json = if upsert {
         decode_upsert_json(&spec, key.as_deref(), value.as_deref(), 7, Some(1_700_000_000_000))
     } else {
         decode_debezium_json(&spec, key.as_deref(), value.as_deref(), 7)
     };
-    if wrapper || value.as_deref() == Some(b"null".as_slice()) || key.as_deref() == Some(b"null".as_slice()) {
-        return;
-    }
     match (&got, &json) {
         (Ok(a), Ok(j)) => assert_eq!(a, j, "the Avro record means something else than its JSON"),
         (Err(a), Err(j)) => assert_eq!(a.kind, j.kind, "Avro {a:?} but JSON {j:?}"),
