@@ -228,17 +228,23 @@ impl AvroSchema {
             // not 0.10000000149011612).
             Avro::Float(f) => float(f.to_string().parse().unwrap_or(f64::from(f))),
             Avro::Double(f) => float(f),
-            Avro::Bytes(bytes) | Avro::Fixed(_, bytes) => match semantic {
-                Semantic::Decimal { scale } => Value::String(connect::decimal_string(&bytes, *scale)),
-                _ => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
-            },
+            Avro::Bytes(bytes) | Avro::Fixed(_, bytes) => {
+                let decimal = match semantic {
+                    Semantic::Decimal { scale } => connect::decimal_string(&bytes, *scale),
+                    _ => None,
+                };
+                Value::String(decimal.unwrap_or_else(|| base64::engine::general_purpose::STANDARD.encode(bytes)))
+            }
             Avro::Decimal(d) => {
                 let scale = match semantic {
                     Semantic::Decimal { scale } => *scale,
                     _ => 0,
                 };
                 match Vec::<u8>::try_from(&d) {
-                    Ok(bytes) => Value::String(connect::decimal_string(&bytes, scale)),
+                    Ok(bytes) => Value::String(
+                        connect::decimal_string(&bytes, scale)
+                            .unwrap_or_else(|| base64::engine::general_purpose::STANDARD.encode(bytes)),
+                    ),
                     Err(_) => Value::Null,
                 }
             }

@@ -64,7 +64,11 @@ impl Semantic {
         };
         match (name, logical_type) {
             (Some(DECIMAL), _) | (_, Some("decimal")) => {
-                Semantic::Decimal { scale: scale_of(param_scale).or_else(|| scale_of(scale)).unwrap_or(0) }
+                // No scale is scale 0 (Avro's default); one that is not a u32 (negative,
+                // garbage) is none the value can be written with: it keeps its bytes.
+                let given = param_scale.is_some() || scale.is_some();
+                let parsed = scale_of(param_scale).or_else(|| scale_of(scale));
+                Semantic::Decimal { scale: parsed.unwrap_or(if given { u32::MAX } else { 0 }) }
             }
             (Some(VARIABLE_SCALE_DECIMAL), _) => Semantic::VariableScaleDecimal,
             (Some(JSON), _) => Semantic::Json,
@@ -73,11 +77,24 @@ impl Semantic {
     }
 }
 
+/// The largest scale [`decimal_string`] writes out: PostgreSQL's largest display scale
+/// (16,383 digits after the point), above every other database's.
+pub const MAX_DECIMAL_SCALE: u32 = 16_383;
+/// The most unscaled bytes [`decimal_string`] converts: PostgreSQL's largest `numeric`
+/// (131,072 digits before the point and 16,383 after) takes about 61 KiB.
+pub const MAX_DECIMAL_BYTES: usize = 64 * 1024;
+
 /// The exact decimal string of an unscaled two's-complement big-endian integer and a scale
 /// (`[0x04, 0xe2]`, scale 2 → `"12.50"`). The TOAST placeholder's bytes give the placeholder.
-pub fn decimal_string(unscaled: &[u8], scale: u32) -> String {
+/// `None` beyond what any database sends ([`MAX_DECIMAL_SCALE`], [`MAX_DECIMAL_BYTES`]):
+/// writing out a scale of a billion would take gigabytes, so such a value keeps its physical
+/// form (the bytes in base64, or the `{scale, value}` struct), in every format alike.
+pub fn decimal_string(unscaled: &[u8], scale: u32) -> Option<String> {
     if unscaled == TOAST_PLACEHOLDER.as_bytes() {
-        return TOAST_PLACEHOLDER.to_owned();
+        return Some(TOAST_PLACEHOLDER.to_owned());
+    }
+    if scale > MAX_DECIMAL_SCALE || unscaled.len() > MAX_DECIMAL_BYTES {
+        return None;
     }
     let digits = num_bigint::BigInt::from_signed_bytes_be(unscaled).to_string();
     let (sign, digits) = match digits.strip_prefix('-') {
@@ -86,7 +103,7 @@ pub fn decimal_string(unscaled: &[u8], scale: u32) -> String {
     };
     let scale = scale as usize;
     if scale == 0 {
-        return format!("{sign}{digits}");
+        return Some(format!("{sign}{digits}"));
     }
     let padded = if digits.len() <= scale {
         format!("{}{digits}", "0".repeat(scale + 1 - digits.len()))
@@ -94,7 +111,7 @@ pub fn decimal_string(unscaled: &[u8], scale: u32) -> String {
         digits.to_owned()
     };
     let (int, frac) = padded.split_at(padded.len() - scale);
-    format!("{sign}{int}.{frac}")
+    Some(format!("{sign}{int}.{frac}"))
 }
 
 /// Map a `JsonConverter` value (`schemas.enable=true`) through its Connect schema: the
@@ -106,8 +123,9 @@ pub fn apply_json_schema(value: &mut Value, schema: &Value) {
     match semantic {
         Semantic::Decimal { scale } => {
             if let Value::String(b64) = value {
-                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
-                    *value = Value::String(decimal_string(&bytes, scale));
+                let bytes = base64::engine::general_purpose::STANDARD.decode(b64.as_bytes());
+                if let Some(d) = bytes.ok().and_then(|b| decimal_string(&b, scale)) {
+                    *value = Value::String(d);
                 }
             }
             return;
@@ -156,7 +174,7 @@ pub fn apply_json_schema(value: &mut Value, schema: &Value) {
 pub(super) fn variable_scale(map: &Map<String, Value>) -> Option<String> {
     let scale = u32::try_from(map.get("scale")?.as_u64()?).ok()?;
     let bytes = base64::engine::general_purpose::STANDARD.decode(map.get("value")?.as_str()?).ok()?;
-    Some(decimal_string(&bytes, scale))
+    decimal_string(&bytes, scale)
 }
 
 /// A JSON column: its string parsed, when it is JSON (the TOAST placeholder is not).
@@ -175,18 +193,39 @@ mod tests {
 
     #[test]
     fn decimals_are_exact_strings() {
-        assert_eq!(decimal_string(&[0x04, 0xe2], 2), "12.50");
-        assert_eq!(decimal_string(&[0xfb, 0x1e], 2), "-12.50");
-        assert_eq!(decimal_string(&[0x05], 3), "0.005");
-        assert_eq!(decimal_string(&[0xfb], 3), "-0.005");
-        assert_eq!(decimal_string(&[0x00], 0), "0");
-        assert_eq!(decimal_string(&[], 2), "0.00");
-        assert_eq!(decimal_string(&[0x7b], 0), "123");
+        let d = |b: &[u8], scale| decimal_string(b, scale).expect("a decimal");
+        assert_eq!(d(&[0x04, 0xe2], 2), "12.50");
+        assert_eq!(d(&[0xfb, 0x1e], 2), "-12.50");
+        assert_eq!(d(&[0x05], 3), "0.005");
+        assert_eq!(d(&[0xfb], 3), "-0.005");
+        assert_eq!(d(&[0x00], 0), "0");
+        assert_eq!(d(&[], 2), "0.00");
+        assert_eq!(d(&[0x7b], 0), "123");
         // 2^80, more than any machine integer.
         let mut big = vec![0x01];
         big.extend([0u8; 10]);
-        assert_eq!(decimal_string(&big, 4), "120892581961462917470.6176");
-        assert_eq!(decimal_string(TOAST_PLACEHOLDER.as_bytes(), 2), TOAST_PLACEHOLDER);
+        assert_eq!(d(&big, 4), "120892581961462917470.6176");
+        assert_eq!(d(TOAST_PLACEHOLDER.as_bytes(), 2), TOAST_PLACEHOLDER);
+        // Beyond any database: the physical form stays (a scale of 939,524,091 made a fuzz
+        // input take gigabytes and seconds).
+        assert_eq!(decimal_string(&[0x30, 0x39], MAX_DECIMAL_SCALE).map(|s| s.len()), Some(16_385));
+        assert_eq!(decimal_string(&[0x30, 0x39], MAX_DECIMAL_SCALE + 1), None);
+        assert_eq!(decimal_string(&[0x30, 0x39], 939_524_091), None);
+        assert_eq!(decimal_string(&vec![0x11; MAX_DECIMAL_BYTES + 1], 2), None);
+        assert!(decimal_string(&vec![0x11; MAX_DECIMAL_BYTES], 2).is_some_and(|s| s.len() > 150_000));
+        let mut vsd = json!({"scale": 939_524_091, "value": "MDk="});
+        let schema = json!({"type": "struct", "name": VARIABLE_SCALE_DECIMAL,
+            "fields": [{"field": "scale", "type": "int32"}, {"field": "value", "type": "bytes"}]});
+        apply_json_schema(&mut vsd, &schema);
+        assert_eq!(vsd, json!({"scale": 939_524_091, "value": "MDk="}));
+        for scale in [json!("4000000000"), json!("-3"), json!("5000000000"), json!("two"), json!(-3)] {
+            let mut fixed = json!("MDk=");
+            apply_json_schema(&mut fixed, &json!({"type": "bytes", "name": DECIMAL, "parameters": {"scale": scale}}));
+            assert_eq!(fixed, json!("MDk="), "scale {scale}: left as its bytes, not read as another number");
+        }
+        let mut no_scale = json!("MDk=");
+        apply_json_schema(&mut no_scale, &json!({"type": "bytes", "name": DECIMAL}));
+        assert_eq!(no_scale, json!("12345"), "no scale is scale 0");
     }
 
     #[test]
