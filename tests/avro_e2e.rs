@@ -184,6 +184,18 @@ impl Case {
         self.tmp.path()
     }
 
+    /// Capture `tables` twice, with the JSON connector (`<name>_j`, topic prefix `<tag>json`)
+    /// and the Avro one (`<name>_a`, `<tag>avro`): (prefix, connector) of each.
+    fn both_connectors(&self, tag: &str, tables: &[String]) -> ((String, Connector), (String, Connector)) {
+        let (json_prefix, avro_prefix) =
+            (self.broker.topic(&format!("{tag}json")), self.broker.topic(&format!("{tag}avro")));
+        let json = Connector::register(self.svc, &format!("{}_j", self.name), &json_prefix, tables, &[]);
+        let avro_file = "config/debezium-postgres-avro.json";
+        let avro =
+            Connector::register_from(avro_file, self.svc, &format!("{}_a", self.name), &avro_prefix, tables, &[]);
+        ((json_prefix, json), (avro_prefix, avro))
+    }
+
     /// Create and load the table (310 articles), capture it with the Avro connector under
     /// a topic prefix of its own; the connector and its topic.
     fn load_and_capture(&self, seed: u64, prefix: &str) -> (Connector, String) {
@@ -245,16 +257,7 @@ fn avro_and_json_captures_of_one_table_give_the_same_collection_and_equal_select
     svc.psql(&format!("ALTER TABLE {name} {};", columns.join(", ")));
     svc.psql(&fill_typed(&name, "id % 3 <> 0", 0));
 
-    let (json_prefix, avro_prefix) = (broker.topic("pgjson"), broker.topic("pgavro"));
-    let json_connector = Connector::register(svc, &format!("{name}_j"), &json_prefix, &table, &[]);
-    let avro_connector = Connector::register_from(
-        "config/debezium-postgres-avro.json",
-        svc,
-        &format!("{name}_a"),
-        &avro_prefix,
-        &table,
-        &[],
-    );
+    let ((json_prefix, json_connector), (avro_prefix, avro_connector)) = case.both_connectors("pg", &table);
     let json_topic = format!("{json_prefix}.public.{name}");
     let avro_topic = format!("{avro_prefix}.public.{name}");
 
@@ -725,11 +728,7 @@ fn random_histories_in_avro_give_the_same_collection_as_in_json_and_the_oracle()
 /// event carries (a TOAST placeholder's column left as it is: an `UPDATE` without it), or
 /// an upsert. `deleted_at` (a number in the history) is a timestamptz here.
 fn row_event_sql(prefix: &str, ev: &support::tables::RowEv) -> String {
-    let kc = match ev.table {
-        "articles" => "article_id",
-        "authors" => "author_id",
-        _ => "id",
-    };
+    let kc = support::tables::key_column(ev.table);
     let t = format!("{prefix}_{}", ev.table);
     let Some(row) = &ev.row else { return format!("DELETE FROM {t} WHERE {kc} = {};\n", ev.key) };
     let value = |c: &str, v: &Value| match v {
@@ -801,16 +800,7 @@ fn documents_from_several_tables_in_avro_equal_json_and_the_selected_tables_join
     svc.psql(&snapshot.concat());
 
     let tables: Vec<String> = TABLES.iter().map(|t| format!("public.{name}_{t}")).collect();
-    let (json_prefix, avro_prefix) = (broker.topic("mtjson"), broker.topic("mtavro"));
-    let json_connector = Connector::register(svc, &format!("{name}_j"), &json_prefix, &tables, &[]);
-    let avro_connector = Connector::register_from(
-        "config/debezium-postgres-avro.json",
-        svc,
-        &format!("{name}_a"),
-        &avro_prefix,
-        &tables,
-        &[],
-    );
+    let ((json_prefix, json_connector), (avro_prefix, avro_connector)) = case.both_connectors("mt", &tables);
     svc.psql(&first.concat());
     let flow = |format: &str, prefix: &str| {
         let dir = root.join(format);
@@ -848,11 +838,7 @@ fn documents_from_several_tables_in_avro_equal_json_and_the_selected_tables_join
     // The oracle: the tables as SELECT returns them, joined independently of freshet.
     let mut db: Db = Db::new();
     for t in TABLES {
-        let kc = match t {
-            "articles" => "article_id",
-            "authors" => "author_id",
-            _ => "id",
-        };
+        let kc = support::tables::key_column(t);
         let out = svc.psql(&format!("SELECT coalesce(json_agg(t), '[]') FROM {name}_{t} t;"));
         let rows: Vec<Map<String, Value>> = serde_json::from_str(out.trim()).unwrap();
         let by_key = rows.into_iter().map(|mut r| (r.remove(kc).and_then(|k| k.as_u64()).expect("a key"), r)).collect();

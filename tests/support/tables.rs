@@ -123,7 +123,8 @@ pub struct RowEv {
     pub toast: Vec<&'static str>,
 }
 
-fn key_column(table: &str) -> &'static str {
+/// A table's key column.
+pub fn key_column(table: &str) -> &'static str {
     match table {
         "articles" => "article_id",
         "authors" => "author_id",
